@@ -1,0 +1,1 @@
+"""The data engine: the synthetic world, the frame catalog, mining, labeling interchange, the loop."""

@@ -1,0 +1,1 @@
+"""Torch -> ONNX export (needs torch) and, in ``export.runtime``, the torch-free edge runtime."""

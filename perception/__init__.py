@@ -1,0 +1,3 @@
+"""Multi-camera BEV perception. Importing this package never imports torch."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Dataset I/O in the nuScenes v1.0 format."""
