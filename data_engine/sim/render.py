@@ -1,0 +1,201 @@
+"""Camera rendering of the synthetic world with OpenCV and numpy.
+
+The ground is one homography per camera (``cv2.warpPerspective`` of the scene's ground texture);
+objects are meshes whose faces are filled with ``cv2.fillPoly`` under an exact per-pixel depth test:
+for a planar face with normal n and offset d in the camera frame (n . X = d), the inverse depth of
+the pixel (u, v) is ``n . (K^-1 [u, v, 1]) / d``, affine in (u, v). Faces are clipped at the near
+plane. The renderer returns radiance before the camera's exposure and weather passes (effects.py),
+the depth map, and an instance-id map from which visibility is measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from perception.geometry import invert_intrinsics, invert_rigid
+
+from .meshes import EMISSIVE_ROLES, Mesh
+
+NEAR = 0.15  # m, near clipping plane
+FAR = 250.0  # m, beyond this the ground fades into the horizon
+SUB = 4  # fractional bits of the polygon coordinates given to cv2.fillPoly
+
+
+@dataclass
+class RenderItem:
+    """One object to draw: its mesh in the box frame, where the box is, and how it is coloured."""
+
+    actor_id: int  # >= 0, written into the instance map
+    mesh: Mesh
+    global_T_box: np.ndarray  # [4, 4]
+    colours: np.ndarray  # [F, 3] BGR albedo in [0, 1] per face
+    emissive: np.ndarray  # [F] bool, faces that glow (lamps)
+
+
+@dataclass
+class CameraImage:
+    """What one camera sees, before exposure and weather."""
+
+    albedo: np.ndarray  # [H, W, 3] float32 BGR in [0, 1]
+    light: np.ndarray  # [H, W] float32 irradiance factor (sun, sky, later headlights)
+    glow: np.ndarray  # [H, W, 3] float32 radiance of emissive faces
+    sky: np.ndarray  # [H, W] bool, pixels that see no surface
+    depth: np.ndarray  # [H, W] float32 camera z in metres (inf on the sky)
+    instance: np.ndarray  # [H, W] int32 actor id, -1 for ground and sky
+    silhouette: dict[int, int]  # actor id -> pixels it would cover with nothing in front of it
+
+
+def ground_rays(K: np.ndarray, ego_T_cam: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ground depth [H, W] (inf where the pixel sees no ground) and the sky mask, for a flat world.
+
+    The ego stands on the plane z = 0, so this depends on the rig only and is computed once.
+    """
+    cols, rows = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    pix = np.stack([cols, rows, np.ones_like(cols)], axis=-1)
+    rays_cam = pix @ invert_intrinsics(K).T  # camera z = 1
+    dz = rays_cam @ ego_T_cam[2, :3]  # ego z of each ray
+    cam_height = ego_T_cam[2, 3]
+    with np.errstate(divide="ignore"):
+        depth = np.where(dz < -1e-6, cam_height / -dz, np.inf)
+    depth[depth > FAR] = np.inf
+    return depth.astype(np.float32), ~np.isfinite(depth)
+
+
+def _clip_near(poly: np.ndarray) -> np.ndarray:
+    """Clip a camera-frame polygon [P, 3] to z >= NEAR (Sutherland-Hodgman against one plane)."""
+    out = []
+    n = len(poly)
+    for i in range(n):
+        a, b = poly[i], poly[(i + 1) % n]
+        ina, inb = a[2] >= NEAR, b[2] >= NEAR
+        if ina:
+            out.append(a)
+        if ina != inb:
+            t = (NEAR - a[2]) / (b[2] - a[2])
+            out.append(a + t * (b - a))
+    return np.array(out) if out else np.zeros((0, 3))
+
+
+def render_camera(
+    K: np.ndarray,
+    ego_T_cam: np.ndarray,
+    global_T_ego: np.ndarray,
+    width: int,
+    height: int,
+    ground_texture: np.ndarray,
+    cam_H_tex_base: np.ndarray,
+    ground_depth: np.ndarray,
+    sky_mask: np.ndarray,
+    items: list[RenderItem],
+    sun_dir: np.ndarray,
+    ambient: float,
+    diffuse: float,
+) -> CameraImage:
+    """Render one camera.
+
+    cam_H_tex_base: 3x3 mapping texture pixels to global ground (x, y, 1) (layout.global_T_tex).
+    sun_dir: unit vector towards the sun in the global frame.
+    """
+    global_T_cam = global_T_ego @ ego_T_cam
+    cam_T_global = invert_rigid(global_T_cam)
+    # Ground: pixel ~ K [r1 r2 t] (x, y, 1) for points on z = 0, composed with texture -> ground.
+    img_H_ground = K @ cam_T_global[:3][:, [0, 1, 3]]
+    img_H_tex = img_H_ground @ cam_H_tex_base
+    ground = cv2.warpPerspective(ground_texture, img_H_tex, (width, height), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REPLICATE)
+    albedo = ground.astype(np.float32) * (1.0 / 255.0)
+    light = np.full((height, width), ambient + diffuse * max(0.0, float(sun_dir[2])), np.float32)
+    glow = np.zeros((height, width, 3), np.float32)
+    with np.errstate(divide="ignore"):
+        invz = np.where(sky_mask, 0.0, 1.0 / ground_depth).astype(np.float32)
+    instance = np.full((height, width), -1, np.int32)
+    silhouette: dict[int, int] = {}
+    K_inv = invert_intrinsics(K)
+
+    for item in items:
+        cam_T_box = cam_T_global @ item.global_T_box
+        verts = item.mesh.vertices @ cam_T_box[:3, :3].T + cam_T_box[:3, 3]
+        if verts.shape[0] == 0 or verts[:, 2].max() < NEAR:
+            continue
+        normals = item.mesh.normals @ cam_T_box[:3, :3].T
+        polys, planes, faces_kept = [], [], []
+        for fi, face in enumerate(item.mesh.faces):
+            pts = verts[face]
+            n = normals[fi]
+            d = float(n @ pts[0])
+            if d >= -1e-9:  # back face (or seen edge-on): the camera is behind its plane
+                continue
+            if pts[:, 2].min() < NEAR:
+                pts = _clip_near(pts)
+                if len(pts) < 3:
+                    continue
+            hom = pts @ K.T
+            uv = hom[:, :2] / hom[:, 2:3]
+            polys.append(uv)
+            planes.append((K_inv.T @ n) / d)
+            faces_kept.append(fi)
+        if not polys:
+            continue
+        allpts = np.concatenate(polys, 0)
+        x0 = max(int(np.floor(allpts[:, 0].min())), 0)
+        y0 = max(int(np.floor(allpts[:, 1].min())), 0)
+        x1 = min(int(np.ceil(allpts[:, 0].max())), width - 1)
+        y1 = min(int(np.ceil(allpts[:, 1].max())), height - 1)
+        if x1 < x0 or y1 < y0:
+            continue
+        bw, bh = x1 - x0 + 1, y1 - y0 + 1
+        us = np.arange(x0, x1 + 1, dtype=np.float32)[None, :]
+        vs = np.arange(y0, y1 + 1, dtype=np.float32)[:, None]
+        own = np.zeros((bh, bw), np.uint8)
+        face_mask = np.zeros((bh, bw), np.uint8)
+        z_view = invz[y0:y1 + 1, x0:x1 + 1]
+        for uv, plane, fi in zip(polys, planes, faces_kept):
+            pts_px = np.round((uv - [x0, y0]) * (1 << SUB)).astype(np.int32)
+            face_mask[:] = 0
+            cv2.fillPoly(face_mask, [pts_px], 1, lineType=cv2.LINE_8, shift=SUB)
+            fx0, fy0, fw, fh = cv2.boundingRect(pts_px >> SUB)
+            fx0, fy0 = max(fx0 - 1, 0), max(fy0 - 1, 0)
+            fx1, fy1 = min(fx0 + fw + 2, bw), min(fy0 + fh + 2, bh)
+            if fx1 <= fx0 or fy1 <= fy0:
+                continue
+            m = face_mask[fy0:fy1, fx0:fx1].astype(bool)
+            if not m.any():
+                continue
+            own[fy0:fy1, fx0:fx1] |= m
+            face_invz = (plane[0] * us[:, fx0:fx1] + plane[1] * vs[fy0:fy1] + plane[2]).astype(np.float32)
+            zb = z_view[fy0:fy1, fx0:fx1]
+            write = m & (face_invz > zb)
+            if not write.any():
+                continue
+            zb[write] = face_invz[write]
+            gy, gx = np.nonzero(write)
+            gy += y0 + fy0
+            gx += x0 + fx0
+            instance[gy, gx] = item.actor_id
+            colour = item.colours[fi]
+            n_global = item.global_T_box[:3, :3] @ item.mesh.normals[fi]
+            if item.emissive[fi]:
+                albedo[gy, gx] = colour * 0.3
+                glow[gy, gx] = colour
+                light[gy, gx] = ambient
+            else:
+                albedo[gy, gx] = colour
+                glow[gy, gx] = 0.0
+                light[gy, gx] = ambient * (0.75 + 0.25 * max(0.0, float(n_global[2]))) + diffuse * max(
+                    0.0, float(n_global @ sun_dir))
+        silhouette[item.actor_id] = silhouette.get(item.actor_id, 0) + int(own.sum())
+
+    with np.errstate(divide="ignore"):
+        depth = np.where(invz > 0, 1.0 / np.maximum(invz, 1e-12), np.inf).astype(np.float32)
+    sky = invz <= 0
+    return CameraImage(albedo, light, glow, sky, depth, instance, silhouette)
+
+
+def face_colours(mesh: Mesh, palette: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-face albedo [F, 3] from a role palette [R, 3] (BGR, 0-1), and the emissive flags [F]."""
+    colours = palette[mesh.roles]
+    emissive = np.isin(mesh.roles, EMISSIVE_ROLES)
+    return colours.astype(np.float32), emissive
