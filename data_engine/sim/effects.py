@@ -50,7 +50,7 @@ class Conditions:
     def lighting(self) -> tuple[float, float]:
         """(ambient, diffuse) light levels."""
         if self.time_of_day == "night":
-            return 0.10, 0.0
+            return 0.07, 0.0
         if self.time_of_day == "dusk":
             return 0.45, 0.45
         return (0.75, 0.3) if (self.rain or self.fog) else (0.55, 0.6)
@@ -66,7 +66,7 @@ def headlight(points_ego: np.ndarray, sky: np.ndarray) -> np.ndarray:
     dist = np.sqrt(x * x + y * y) + 1e-3
     angle = np.abs(np.arctan2(y, np.maximum(x, 1e-3)))
     beam = np.exp(-(angle / 0.45) ** 2) * (x > 0) * (z < 2.0)
-    out = 2.2 * beam / (1.0 + (dist / 14.0) ** 2)
+    out = 1.3 * beam / (1.0 + (dist / 14.0) ** 2)
     out[sky] = 0.0
     return out.astype(np.float32)
 
