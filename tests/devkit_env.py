@@ -14,10 +14,12 @@ Run ``python tests/devkit_env.py`` to build it by hand; it prints the interprete
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +27,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEVKIT_VENV = REPO_ROOT / ".venv-devkit"
 REQUIREMENTS = ("nuscenes-devkit==1.2.0",)
 _STAMP_NAME = ".devkit-installed"
-_LOCK_PATH = REPO_ROOT / ".venv-devkit.lock"  # beside the venv, so wiping the venv keeps the lock
+
+
+def _lock_path(venv: Path) -> Path:
+    """A lock file outside the venv (wiping a half-made venv keeps it) and outside the work tree."""
+    digest = hashlib.sha1(str(venv.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"devkit-venv-{digest}.lock"
 
 
 def _python_of(venv: Path) -> Path:
@@ -58,9 +65,7 @@ def ensure_devkit_python(venv: Path = DEVKIT_VENV, base_python: str | None = Non
     venv = Path(venv)
     if _is_ready(venv):
         return _python_of(venv)
-    lock_path = venv.parent / (venv.name + ".lock") if venv != DEVKIT_VENV else _LOCK_PATH
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as lock:
+    with open(_lock_path(venv), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # blocks while another process builds
         try:
             if _is_ready(venv):  # built by whoever held the lock before us

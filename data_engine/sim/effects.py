@@ -6,6 +6,7 @@ or blocked lens, vignetting and sensor noise.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -111,20 +112,20 @@ def finish(img: CameraImage, cond: Conditions, camera: str, rays_ego: np.ndarray
     gain = {"day": 1.0, "dusk": 1.35, "night": 2.2}[cond.time_of_day]
     if cond.time_of_day == "dusk":
         radiance = radiance * np.array([0.8, 0.92, 1.1], np.float32)
-    out = radiance * gain
-    # Vignetting.
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    vig = 1.0 - 0.25 * (((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2) / 2
-    out *= vig[..., None]
-    out = np.clip(out, 0.0, 1.0) ** (1 / 1.1)
-    img8 = (out * 255.0).astype(np.float32)
+    img8 = radiance * (_vignette(h, w) * np.float32(255.0 * gain))[..., None]
     if cond.rain:
         img8 = _rain(img8, rng)
     if cond.lens != "clean" and camera == cond.lens_camera:
         img8 = _lens(img8, rng, blocked=cond.lens == "blocked")
     sigma = {"day": 2.0, "dusk": 3.5, "night": 6.0}[cond.time_of_day]
-    img8 += rng.normal(0.0, sigma, size=img8.shape).astype(np.float32)
+    img8 += rng.standard_normal(size=img8.shape, dtype=np.float32) * np.float32(sigma)
     return np.clip(img8, 0, 255).astype(np.uint8)
+
+
+@lru_cache(maxsize=8)
+def _vignette(h: int, w: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    return 1.0 - 0.25 * (((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2) / 2
 
 
 def _rain(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -26,6 +26,7 @@ class Mesh:
     faces: list[np.ndarray]
     normals: np.ndarray
     roles: np.ndarray
+    first: np.ndarray  # [F] index of each face's first vertex
 
 
 class MeshBuilder:
@@ -97,7 +98,8 @@ class MeshBuilder:
 
     def build(self) -> Mesh:
         verts = np.concatenate(self._verts, 0) if self._verts else np.zeros((0, 3))
-        return Mesh(verts, self._faces, np.array(self._normals).reshape(-1, 3), np.array(self._roles, np.int32))
+        first = np.array([f[0] for f in self._faces], np.int64)
+        return Mesh(verts, self._faces, np.array(self._normals).reshape(-1, 3), np.array(self._roles, np.int32), first)
 
 
 def _rot_y(angle: float, pivot) -> np.ndarray:

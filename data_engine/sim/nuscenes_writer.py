@@ -25,7 +25,7 @@ from perception.data.schema import (
 from perception.geometry import quat_from_yaw, rotation_to_quat
 
 from .rig import SENSOR_CHANNELS, Rig
-from .world import KEYFRAME_DT, SWEEP_DT, FrameCapture, SceneWorld
+from .world import KEYFRAME_DT, SWEEP_DT, FrameCapture, ObjectTruth, SceneWorld
 
 Rows = dict[str, list[dict[str, Any]]]
 JPEG_QUALITY = 90
@@ -95,8 +95,7 @@ def scene_records(world: SceneWorld, root: Path, frames: int, *, labeled: bool, 
     t0_us = TIME_BASE_US + spec.index * 100_000_000
     sample_toks = [token(seed, name, "sample", k) for k in range(frames)]
     last_sd: dict[str, dict[str, Any]] = {}
-    ann_by_actor: dict[int, list[dict[str, Any]]] = {}
-    actor_category: dict[int, str] = {}
+    objects_by_frame: dict[int, list[ObjectTruth]] = {}
 
     def add_sd(ch: str, key: str, sample_tok: str, ts: int, pose: np.ndarray, filename: str, is_key: bool) -> None:
         sd_tok = token(seed, name, "sd", ch, key)
@@ -131,16 +130,7 @@ def scene_records(world: SceneWorld, root: Path, frames: int, *, labeled: bool, 
         rows["sample"].append({"token": sample_toks[k], "timestamp": ts, "scene_token": token(seed, name, "scene"),
                                "prev": sample_toks[k - 1] if k > 0 else "",
                                "next": sample_toks[k + 1] if k + 1 < frames else ""})
-        for obj in cap.objects:
-            uid = obj.actor.uid
-            actor_category[uid] = obj.actor.category or ""
-            ann_by_actor.setdefault(uid, []).append({
-                "token": token(seed, name, "ann", uid, k), "sample_token": sample_toks[k],
-                "instance_token": token(seed, name, "instance", uid), "visibility_token": obj.visibility,
-                "attribute_tokens": [token(seed, "attribute", obj.attribute)] if obj.attribute else [],
-                "translation": obj.center.tolist(), "size": [float(v) for v in obj.actor.size],
-                "rotation": quat_from_yaw(obj.yaw).tolist(), "prev": "", "next": "",
-                "num_lidar_pts": obj.num_lidar_pts, "num_radar_pts": 0})
+        objects_by_frame[k] = cap.objects
         if on_frame:
             on_frame()
         if sweeps and k + 1 < frames:
@@ -150,15 +140,43 @@ def scene_records(world: SceneWorld, root: Path, frames: int, *, labeled: bool, 
                 write_images(cap_j, "sweeps", ts_j, f"k{k}s{j}", sample_toks[k + 1], False)
     # Keep the sample_data chains in time order (sweeps were appended after their keyframe).
     rows["sample_data"].sort(key=lambda r: (r["timestamp"], r["filename"]))
-    for uid, anns in ann_by_actor.items():
-        for a, b in zip(anns[:-1], anns[1:]):
-            a["next"], b["prev"] = b["token"], a["token"]
-        rows["sample_annotation"] += anns
-        rows["instance"].append({"token": token(seed, name, "instance", uid),
-                                 "category_token": token(seed, "category", actor_category[uid]),
-                                 "nbr_annotations": len(anns), "first_annotation_token": anns[0]["token"],
-                                 "last_annotation_token": anns[-1]["token"]})
+    rows["sample_annotation"], rows["instance"] = annotation_rows(seed, name, sample_toks, objects_by_frame)
     rows["scene"].append({"token": token(seed, name, "scene"), "log_token": log_tok, "nbr_samples": frames,
                           "first_sample_token": sample_toks[0], "last_sample_token": sample_toks[-1], "name": name,
                           "description": spec.conditions.description()})
     return rows
+
+
+def annotation_rows(seed: int, scene_name: str, sample_tokens: list[str],
+                    objects_by_frame: dict[int, list[ObjectTruth]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """sample_annotation and instance rows for the objects seen at some keyframes of a scene.
+
+    ``objects_by_frame`` maps keyframe index -> objects; annotations of one actor are chained
+    prev/next in keyframe order. The rows depend only on the world, so `synth` and the oracle
+    write the same records.
+    """
+    ann_by_actor: dict[int, list[dict[str, Any]]] = {}
+    category: dict[int, str] = {}
+    for k in sorted(objects_by_frame):
+        for obj in objects_by_frame[k]:
+            uid = obj.actor.uid
+            category[uid] = obj.actor.category or ""
+            ann_by_actor.setdefault(uid, []).append({
+                "token": token(seed, scene_name, "ann", uid, k), "sample_token": sample_tokens[k],
+                "instance_token": token(seed, scene_name, "instance", uid), "visibility_token": obj.visibility,
+                "attribute_tokens": [token(seed, "attribute", obj.attribute)] if obj.attribute else [],
+                "translation": obj.center.tolist(), "size": [float(v) for v in obj.actor.size],
+                "rotation": quat_from_yaw(obj.yaw).tolist(), "prev": "", "next": "",
+                "num_lidar_pts": obj.num_lidar_pts, "num_radar_pts": 0})
+    annotations: list[dict[str, Any]] = []
+    instances: list[dict[str, Any]] = []
+    for uid in sorted(ann_by_actor):
+        anns = ann_by_actor[uid]
+        for a, b in zip(anns[:-1], anns[1:]):
+            a["next"], b["prev"] = b["token"], a["token"]
+        annotations += anns
+        instances.append({"token": token(seed, scene_name, "instance", uid),
+                          "category_token": token(seed, "category", category[uid]),
+                          "nbr_annotations": len(anns), "first_annotation_token": anns[0]["token"],
+                          "last_annotation_token": anns[-1]["token"]})
+    return annotations, instances

@@ -33,6 +33,7 @@ class RenderItem:
     global_T_box: np.ndarray  # [4, 4]
     colours: np.ndarray  # [F, 3] BGR albedo in [0, 1] per face
     emissive: np.ndarray  # [F] bool, faces that glow (lamps)
+    radius: float  # m, bounding sphere about the box centre
 
 
 @dataclass
@@ -114,20 +115,33 @@ def render_camera(
     instance = np.full((height, width), -1, np.int32)
     silhouette: dict[int, int] = {}
     K_inv = invert_intrinsics(K)
+    # Frustum culling of whole objects by their bounding spheres: outward normals of the four side
+    # planes through the camera centre, and the near plane.
+    planes_out = np.array([[1.0, 0.0, -(width - K[0, 2]) / K[0, 0]], [-1.0, 0.0, -K[0, 2] / K[0, 0]],
+                           [0.0, 1.0, -(height - K[1, 2]) / K[1, 1]], [0.0, -1.0, -K[1, 2] / K[1, 1]]])
+    planes_out /= np.linalg.norm(planes_out, axis=1, keepdims=True)
+    if items:
+        centres = np.stack([it.global_T_box[:3, 3] for it in items]) @ cam_T_global[:3, :3].T + cam_T_global[:3, 3]
+        radii = np.array([it.radius for it in items])
+        inside = (centres[:, 2] + radii > NEAR) & np.all(centres @ planes_out.T <= radii[:, None], axis=1)
+    else:
+        inside = np.zeros(0, bool)
 
-    for item in items:
+    for item, keep in zip(items, inside):
+        if not keep:
+            continue
         cam_T_box = cam_T_global @ item.global_T_box
         verts = item.mesh.vertices @ cam_T_box[:3, :3].T + cam_T_box[:3, 3]
         if verts.shape[0] == 0 or verts[:, 2].max() < NEAR:
             continue
         normals = item.mesh.normals @ cam_T_box[:3, :3].T
+        # Back faces (the camera is behind their plane, or sees them edge-on) are never drawn.
+        offsets = np.einsum("ij,ij->i", normals, verts[item.mesh.first])
         polys, planes, faces_kept = [], [], []
-        for fi, face in enumerate(item.mesh.faces):
-            pts = verts[face]
+        for fi in np.flatnonzero(offsets < -1e-9):
+            pts = verts[item.mesh.faces[fi]]
             n = normals[fi]
-            d = float(n @ pts[0])
-            if d >= -1e-9:  # back face (or seen edge-on): the camera is behind its plane
-                continue
+            d = float(offsets[fi])
             if pts[:, 2].min() < NEAR:
                 pts = _clip_near(pts)
                 if len(pts) < 3:

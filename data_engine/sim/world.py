@@ -154,7 +154,8 @@ class SceneWorld:
         for actor, centre, yaw, _ in states:
             mesh = actor.mesh(t)
             colours, emissive = face_colours(mesh, actor.palette)
-            items.append(RenderItem(actor.uid, mesh, make_transform(rotz(yaw), centre), colours, emissive))
+            radius = float(np.linalg.norm(mesh.vertices, axis=1).max()) if len(mesh.vertices) else 0.0
+            items.append(RenderItem(actor.uid, mesh, make_transform(rotz(yaw), centre), colours, emissive, radius))
         cond = self.spec.conditions
         ambient, diffuse = cond.lighting
         images: dict[str, np.ndarray] = {}

@@ -124,7 +124,7 @@ class BoxSet:
             size=np.asarray(size_wlh, dtype=np.float64).reshape(-1, 3),
             yaw=yaw_from_rotation(ego_R_box).reshape(-1),
             velocity=velocity.reshape(-1, 2),
-            label=np.asarray([_CLASS_INDEX.get(CATEGORY_TO_DETECTION.get(c, ""), -1) for c in categories], dtype=np.int64),
+            label=np.asarray([_CLASS_INDEX.get(CATEGORY_TO_DETECTION.get(c, ""), -1) for c in categories], np.int64),
             categories=categories,
             **meta,
         )
@@ -153,5 +153,6 @@ def annotation_velocities(
         limit = 2.0 * max_time_diff if (has_prev and has_next) else max_time_diff
         if not 0.0 < time_diff <= limit:  # the devkit divides by zero here; we say "unknown"
             continue
-        out[i] = (np.asarray(last["translation"], dtype=np.float64) - np.asarray(first["translation"], dtype=np.float64)) / time_diff
+        pos_diff = np.asarray(last["translation"], dtype=np.float64) - np.asarray(first["translation"], dtype=np.float64)
+        out[i] = pos_diff / time_diff
     return out

@@ -22,7 +22,6 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 
 import numpy as np
 
@@ -111,7 +110,7 @@ class Sample:
     timestamp: int  # microseconds
     prev: str  # sample token, '' at the start of a scene
     next: str  # sample token, '' at the end of a scene
-    cameras: Mapping[str, CameraFrame]  # channel -> frame, in schema.CAMERA_NAMES order first
+    cameras: Mapping[str, CameraFrame]  # channel -> frame, in schema.CAMERA_NAMES order first (do not mutate)
     lidar: LidarFrame
     annotation_tokens: tuple[str, ...]
 
@@ -152,6 +151,7 @@ class NuScenesDataset:
         self._sample_index: dict[str, int] = {}
         self._scene_index: dict[str, int] = {}
         self._build()
+        self._t.release(("sample_data", "ego_pose", "sample"))  # now held by the typed samples
         self.splits: dict[str, tuple[str, ...]] = self._read_splits()
 
     # ---------------------------------------------------------------------------------------------
@@ -251,8 +251,9 @@ class NuScenesDataset:
         self._sample_time = {r["token"]: int(r["timestamp"]) for r in t.records["sample"]}
         keyframes = self._key_frames()
         channels = self._check_channels(keyframes)
-        calib = _transforms(t, "calibrated_sensor", {f["calibrated_sensor_token"] for fs in keyframes.values() for f in fs.values()})
-        poses = _transforms(t, "ego_pose", {f["ego_pose_token"] for fs in keyframes.values() for f in fs.values()})
+        used = [f for frames in keyframes.values() for f in frames.values()]
+        calib = _transforms(t, "calibrated_sensor", {f["calibrated_sensor_token"] for f in used})
+        poses = _transforms(t, "ego_pose", {f["ego_pose_token"] for f in used})
         anns_of_sample = self._index_annotations()
 
         samples_of_scene: dict[str, list[Record]] = defaultdict(list)
@@ -270,7 +271,7 @@ class NuScenesDataset:
                 self.samples.append(Sample(
                     token=rec["token"], index=len(self.samples), scene_token=scene_rec["token"], scene_index=k,
                     timestamp=int(rec["timestamp"]), prev=rec["prev"], next=rec["next"],
-                    cameras=MappingProxyType(cams), lidar=self._lidar(rec["token"], frames, calib, poses),
+                    cameras=cams, lidar=self._lidar(frames[LIDAR_NAME], calib, poses),
                     annotation_tokens=tuple(anns_of_sample.get(rec["token"], ())),
                 ))
             self._scene_index[scene_rec["token"]] = len(self.scenes)
@@ -323,7 +324,8 @@ class NuScenesDataset:
             elif cams != expected:
                 raise DatasetError(
                     f"{t.file('sample_data')}: sample {rec['token']!r} has cameras {sorted(cams)} but sample "
-                    f"{first!r} has {sorted(expected)} (missing {sorted(expected - cams)}, extra {sorted(cams - expected)}); "
+                    f"{first!r} has {sorted(expected)} (missing {sorted(expected - cams)}, "
+                    f"extra {sorted(cams - expected)}); "
                     "every sample must have the same cameras"
                 )
         known = [c for c in CAMERA_NAMES if c in (expected or set())]
@@ -344,7 +346,9 @@ class NuScenesDataset:
             out[ann["sample_token"]].append(ann["token"])
         return out
 
-    def _camera(self, sd: Record, channel: str, calib: dict[str, np.ndarray], poses: dict[str, np.ndarray]) -> CameraFrame:
+    def _camera(
+        self, sd: Record, channel: str, calib: dict[str, np.ndarray], poses: dict[str, np.ndarray]
+    ) -> CameraFrame:
         K = self._intrinsics.get(sd["calibrated_sensor_token"])
         if K is None:  # one read-only array per calibrated sensor, shared by its frames
             cs = self._t.by_token["calibrated_sensor"][sd["calibrated_sensor_token"]]
@@ -356,8 +360,7 @@ class NuScenesDataset:
             timestamp=int(sd["timestamp"]), width=int(sd["width"]), height=int(sd["height"]),
         )
 
-    def _lidar(self, sample_token: str, frames: dict[str, Record], calib: dict[str, np.ndarray], poses: dict[str, np.ndarray]) -> LidarFrame:
-        sd = frames[LIDAR_NAME]
+    def _lidar(self, sd: Record, calib: dict[str, np.ndarray], poses: dict[str, np.ndarray]) -> LidarFrame:
         return LidarFrame(
             token=sd["token"], channel=LIDAR_NAME, root=self.root, filename=sd["filename"],
             ego_T_lidar=calib[sd["calibrated_sensor_token"]], global_T_ego=poses[sd["ego_pose_token"]],
@@ -379,7 +382,9 @@ class NuScenesDataset:
         for split, scenes in raw.items():
             unknown = [n for n in scenes if n not in names]
             if unknown:
-                raise DatasetError(f"{label}: split {split!r} names scenes not in {self._t.file('scene')}: {unknown[:5]}")
+                raise DatasetError(
+                    f"{label}: split {split!r} names scenes not in {self._t.file('scene')}: {unknown[:5]}"
+                )
         return {split: tuple(scenes) for split, scenes in raw.items()}
 
 

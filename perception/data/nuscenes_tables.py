@@ -87,6 +87,12 @@ class Tables:
         """How error messages name a table: ``v1.0-mini/sample.json``."""
         return f"{self.version}/{table}.json"
 
+    def release(self, names: Iterable[str]) -> None:
+        """Forget tables no longer needed (real nuScenes holds millions of sample_data and ego_pose records)."""
+        for name in names:
+            self.records.pop(name, None)
+            self.by_token.pop(name, None)
+
     def get(self, table: str, token: str, referrer: str, referrer_token: str) -> Record:
         """The record ``token`` of ``table``, referenced by record ``referrer_token`` of ``referrer``.
 
