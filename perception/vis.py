@@ -152,7 +152,7 @@ def draw_boxes_on_image(
     for i in range(len(boxes)):
         color = class_color(int(boxes.label[i]))
         for e in np.flatnonzero(visible[i]):
-            _line(out, uv_a[i, e], uv_b[i, e], color, thickness, dashed=False)
+            _line(out, uv_a[i, e], uv_b[i, e], color, thickness, dashed=boxes.style == "pred")
         if boxes.score is not None and np.all(corners[i, :, 2] > near):
             uv, _ = project(K, corners[i])
             org = (int(np.clip(uv[:, 0].min(), 0, out.shape[1] - 40)), int(np.clip(uv[:, 1].min() - 4, 12, out.shape[0] - 2)))

@@ -261,7 +261,7 @@ def paint_ground(layout: Layout, rng: np.random.Generator, ppm: float = MAP_PPM)
             _dashed(tex, road.center, 0.15, paint.tolist(), ppm, 3.0, 6.0, skip)
     for centre, direction in layout.crossings:
         # Zebra stripes parallel to the road direction, spanning the crossed road.
-        road = min(layout.roads, key=lambda r: abs(np.dot(direction, _road_dir(r))))
+        road = max(layout.roads, key=lambda r: abs(np.dot(direction, _road_dir(r))))  # the road it spans
         across = np.array([-direction[1], direction[0]])
         n = int(2 * road.half_width / 1.0)
         for i in range(n):

@@ -173,8 +173,8 @@ def _crossing_pedestrians(rng: np.random.Generator, ids: _Ids, layout: Layout, d
         return out
     cross_road = layout.roads[1 - layout.ego_road]
     for centre, direction in layout.crossings:
-        if abs(np.dot(direction, _dir(cross_road))) > 0.7:
-            continue  # only crossings that span the crossing road
+        if abs(np.dot(direction, _dir(cross_road))) < 0.7:
+            continue  # only crossings on the crossing road's arms, whose traffic waits
         across = np.array([-direction[1], direction[0]])
         span = cross_road.half_width + 2.0
         for _ in range(int(rng.poisson(1.5))):

@@ -6,6 +6,7 @@ on its own (the oracle labels frames this way).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +50,7 @@ def scene_spec(seed: int, index: int, frames: int) -> SceneSpec:
     tod = str(rng.choice(["day", "dusk", "night"], p=[0.72, 0.16, 0.12]))
     weather = rng.random()
     rain, fog = weather < 0.18, 0.18 <= weather < 0.26
-    glare = tod != "night" and not fog and rng.random() < 0.12
+    glare = tod != "night" and not (fog or rain) and rng.random() < 0.14
     lens_r = rng.random()
     lens = "dirty" if lens_r < 0.07 else ("blocked" if lens_r < 0.10 else "clean")
     lens_cam = str(rng.choice(CAMERA_NAMES)) if lens != "clean" else ""
@@ -64,6 +65,22 @@ def scene_spec(seed: int, index: int, frames: int) -> SceneSpec:
         construction=bool(rng.random() < 0.12), trailers=bool(rng.random() < 0.12),
         duration=(frames - 1) * KEYFRAME_DT,
     )
+
+
+class _StageClock:
+    """Accumulates the seconds between laps into a dict, when one is given."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def lap(self, stage: str | None = None) -> None:
+        if self.timings is None:
+            return
+        now = time.perf_counter()
+        if stage is not None:
+            self.timings[stage] = self.timings.get(stage, 0.0) + now - self.last
+        self.last = now
 
 
 @dataclass
@@ -140,8 +157,12 @@ class SceneWorld:
         return centre, yaw, speed * np.array([np.cos(yaw), np.sin(yaw)])
 
     def capture(self, t: float, frame_key: int, *, cameras: bool = True, lidar_sweep: bool = True,
-                annotate: bool = True) -> FrameCapture:
-        """Render every camera (and cast the lidar) at time t. ``frame_key`` seeds the frame's noise."""
+                annotate: bool = True, timings: dict[str, float] | None = None) -> FrameCapture:
+        """Render every camera (and cast the lidar) at time t. ``frame_key`` seeds the frame's noise.
+
+        ``timings``, when given, accumulates seconds per stage (render, effects, lidar).
+        """
+        clock = _StageClock(timings)
         rng = np.random.default_rng([self.spec.seed, self.spec.index, 3, frame_key])
         global_T_ego = self.global_T_ego(t)
         ego_xy = global_T_ego[:2, 3]
@@ -163,9 +184,11 @@ class SceneWorld:
         if cameras or annotate:
             for cam in self.rig.cameras:
                 depth, sky = self._ground[cam.name]
+                clock.lap()
                 img = render_camera(cam.K, cam.ego_T_cam, global_T_ego, cam.width, cam.height, self.texture,
                                     self.tex_to_global, depth, sky, items, cond.sun_dir, ambient, diffuse)
                 renders[cam.name] = img
+                clock.lap("render")
                 if cameras:
                     sun_cam = invert_rigid(global_T_ego @ cam.ego_T_cam)[:3, :3] @ cond.sun_dir
                     sun_px = None
@@ -174,14 +197,17 @@ class SceneWorld:
                         sun_px = p[:2] / p[2]
                     images[cam.name] = effects.finish(img, cond, cam.name, self._rays[cam.name], cam.ego_T_cam[:3, 3],
                                                       sun_px, rng)
+                    clock.lap("effects")
         points, hit_ids = None, None
         if lidar_sweep or annotate:
+            clock.lap()
             boxes = [(a.uid, c, a.size, y) for a, c, y, _ in states]
             ids = np.array([b[0] for b in boxes], np.int64)
             centres = np.array([b[1] for b in boxes]).reshape(-1, 3)
             sizes = np.array([b[2] for b in boxes]).reshape(-1, 3)
             yaws = np.array([b[3] for b in boxes])
             points, hit_ids = lidar.cast(global_T_ego @ self.rig.ego_T_lidar, centres, sizes, yaws, ids, rng)
+            clock.lap("lidar")
         objects: list[ObjectTruth] = []
         if annotate:
             counts = np.bincount(hit_ids[hit_ids >= 0], minlength=self._n_ids) if hit_ids is not None else None
