@@ -177,8 +177,14 @@ def shape_for(rng: np.random.Generator, category: str, size: np.ndarray, rider: 
 def make_actor(rng: np.random.Generator, uid: int, category: str, motion: Motion, *, rider: bool = False,
                pose_name: str = "walk", size: np.ndarray | None = None,
                stopped_attribute: str = "vehicle.parked") -> Actor:
+    """An annotated actor whose mesh always fits inside its box (the box is the label)."""
     size = sample_size(rng, category) if size is None else size
-    shape, static = shape_for(rng, category, size, rider, pose_name, motion)
+    raw_shape, static = shape_for(rng, category, size, rider, pose_name, motion)
+    w, l, h = (float(v) for v in size)
+
+    def shape(t: float) -> Mesh:
+        return meshes.fit_to_box(raw_shape(t), w, l, h)
+
     return Actor(uid, category, size, motion, sample_palette(rng, category), shape, static, rider, pose_name,
                  stopped_attribute)
 

@@ -102,6 +102,22 @@ class MeshBuilder:
         return Mesh(verts, self._faces, np.array(self._normals).reshape(-1, 3), np.array(self._roles, np.int32), first)
 
 
+def fit_to_box(mesh: Mesh, w: float, l: float, h: float) -> Mesh:
+    """Scale a mesh about the box centre, per axis, so that no part reaches out of the box
+    [-l/2, l/2] x [-w/2, w/2] x [-h/2, h/2] (swinging limbs, riders, booms). Normals follow the
+    inverse-transpose of the scaling; faces stay planar."""
+    if len(mesh.vertices) == 0:
+        return mesh
+    reach = np.abs(mesh.vertices).max(axis=0)
+    half = np.array([l, w, h]) / 2
+    scale = np.minimum(1.0, half / np.maximum(reach, 1e-9))
+    if np.all(scale == 1.0):
+        return mesh
+    normals = mesh.normals / scale
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    return Mesh(mesh.vertices * scale, mesh.faces, normals, mesh.roles, mesh.first)
+
+
 def _rot_y(angle: float, pivot) -> np.ndarray:
     """4x4 rotation about a y-parallel axis through ``pivot`` (used for swinging limbs and booms)."""
     c, s = np.cos(angle), np.sin(angle)

@@ -34,6 +34,7 @@ class RenderItem:
     colours: np.ndarray  # [F, 3] BGR albedo in [0, 1] per face
     emissive: np.ndarray  # [F] bool, faces that glow (lamps)
     radius: float  # m, bounding sphere about the box centre
+    size: np.ndarray  # (w, l, h) m, for the shadow on the ground
 
 
 @dataclass
@@ -127,6 +128,9 @@ def render_camera(
     else:
         inside = np.zeros(0, bool)
 
+    if diffuse > 0 and sun_dir[2] > 0.02:
+        _cast_shadows(items, inside, cam_T_global, K, albedo, sky_mask, sun_dir, diffuse)
+
     for item, keep in zip(items, inside):
         if not keep:
             continue
@@ -206,6 +210,41 @@ def render_camera(
         depth = np.where(invz > 0, 1.0 / np.maximum(invz, 1e-12), np.inf).astype(np.float32)
     sky = invz <= 0
     return CameraImage(albedo, light, glow, sky, depth, instance, silhouette)
+
+
+def _cast_shadows(items: list[RenderItem], inside: np.ndarray, cam_T_global: np.ndarray, K: np.ndarray,
+                  albedo: np.ndarray, sky_mask: np.ndarray, sun_dir: np.ndarray, diffuse: float) -> None:
+    """Darken the ground where objects shade it from the sun: the hull of each box's footprint and
+    its top corners projected along the sun onto the ground (drawn before the objects, so only
+    ground pixels keep it)."""
+    height, width = sky_mask.shape
+    shade = np.zeros((height, width), np.uint8)
+    along = -sun_dir[:2] / sun_dir[2]  # ground displacement per metre of height
+    reach = np.linalg.norm(along)
+    if reach > 6.0:
+        along = along * 6.0 / reach
+    for item, keep in zip(items, inside):
+        if not keep and item.radius < 8.0:
+            continue
+        w, l, h = (float(v) for v in item.size)
+        hw, hl = 0.45 * w, 0.45 * l
+        foot = np.array([[hl, hw], [-hl, hw], [-hl, -hw], [hl, -hw]])
+        rot = item.global_T_box[:2, :2]
+        base = foot @ rot.T + item.global_T_box[:2, 3]
+        pts = np.concatenate([base, base + along * h * 0.9])
+        hull = cv2.convexHull(pts.astype(np.float32))[:, 0].astype(np.float64)
+        ground = np.concatenate([hull, np.full((len(hull), 1), 0.01)], axis=1)
+        cam = ground @ cam_T_global[:3, :3].T + cam_T_global[:3, 3]
+        if cam[:, 2].max() < NEAR:
+            continue
+        cam = _clip_near(cam)
+        if len(cam) < 3:
+            continue
+        uv = cam @ K.T
+        uv = uv[:, :2] / uv[:, 2:3]
+        cv2.fillPoly(shade, [np.round(uv * (1 << SUB)).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=SUB)
+    dark = shade.astype(bool) & ~sky_mask
+    albedo[dark] *= np.float32(1.0 - 0.55 * min(1.0, diffuse / 0.6))
 
 
 def face_colours(mesh: Mesh, palette: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -176,7 +176,7 @@ class SceneWorld:
             mesh = actor.mesh(t)
             colours, emissive = face_colours(mesh, actor.palette)
             radius = float(np.linalg.norm(mesh.vertices, axis=1).max()) if len(mesh.vertices) else 0.0
-            items.append(RenderItem(actor.uid, mesh, make_transform(rotz(yaw), centre), colours, emissive, radius))
+            items.append(RenderItem(actor.uid, mesh, make_transform(rotz(yaw), centre), colours, emissive, radius, actor.size))
         cond = self.spec.conditions
         ambient, diffuse = cond.lighting
         images: dict[str, np.ndarray] = {}
