@@ -85,22 +85,18 @@ def finish(img: CameraImage, cond: Conditions, camera: str, rays_ego: np.ndarray
         depth = np.where(img.sky, 0.0, img.depth)[..., None]
         points = cam_pos_ego[None, None] + rays_ego * depth
         light = light + headlight(points, img.sky)
-    radiance = img.albedo * light[..., None] + img.glow
+    radiance = img.albedo * light[..., None]
     if cond.rain:
         radiance *= 0.8
     # Sky: a vertical gradient from the horizon colour to the zenith colour.
-    top, horizon = (np.array(c, np.float32) for c in _SKY[cond.time_of_day])
-    t = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
-    sky_col = top * (1 - t) + horizon * t
-    if cond.rain or cond.fog:
-        sky_col = sky_col * 0.3 + np.float32(0.62 if cond.time_of_day == "day" else 0.25) * 0.7
-    radiance = np.where(img.sky[..., None], np.broadcast_to(sky_col, radiance.shape), radiance)
+    np.copyto(radiance, _sky(h, w, cond.time_of_day, cond.rain or cond.fog), where=img.sky[..., None])
     # Fog: attenuation grows with depth towards a flat fog colour; also haze at long range.
     beta = cond.fog_density if cond.fog else 0.0025
     depth = np.where(img.sky, 1e4, img.depth)
     trans = np.exp(-beta * depth)[..., None].astype(np.float32)
     fog_col = np.float32({"day": 0.72, "dusk": 0.45, "night": 0.06}[cond.time_of_day])
-    radiance = radiance * trans + fog_col * (1 - trans)
+    radiance *= trans
+    radiance += fog_col * (1 - trans)
     # Glare: a bright halo and streak around the sun when it stands in front of this camera.
     if cond.glare and sun_in_cam is not None:
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -118,8 +114,28 @@ def finish(img: CameraImage, cond: Conditions, camera: str, rays_ego: np.ndarray
     if cond.lens != "clean" and camera == cond.lens_camera:
         img8 = _lens(img8, rng, blocked=cond.lens == "blocked")
     sigma = {"day": 2.0, "dusk": 3.5, "night": 6.0}[cond.time_of_day]
-    img8 += rng.standard_normal(size=img8.shape, dtype=np.float32) * np.float32(sigma)
+    # Sensor noise: a window of a fixed bank of Gaussian noise at a random offset per frame.
+    bank = _noise_bank(h, w)
+    oy, ox = int(rng.integers(0, bank.shape[0] - h + 1)), int(rng.integers(0, bank.shape[1] - w + 1))
+    img8 += bank[oy:oy + h, ox:ox + w] * np.float32(sigma)
     return np.clip(img8, 0, 255).astype(np.uint8)
+
+
+@lru_cache(maxsize=4)
+def _noise_bank(h: int, w: int) -> np.ndarray:
+    """Unit Gaussian noise [h + 64, w + 64, 3], the same in every process (seeded by the size)."""
+    return np.random.default_rng([h, w]).standard_normal((h + 64, w + 64, 3), dtype=np.float32)
+
+
+@lru_cache(maxsize=16)
+def _sky(h: int, w: int, time_of_day: str, overcast: bool) -> np.ndarray:
+    """Sky radiance [h, w, 3]: a vertical gradient from the zenith to the horizon colour."""
+    top, horizon = (np.array(c, np.float32) for c in _SKY[time_of_day])
+    t = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
+    col = top * (1 - t) + horizon * t
+    if overcast:
+        col = col * 0.3 + np.float32(0.62 if time_of_day == "day" else 0.25) * 0.7
+    return np.ascontiguousarray(np.broadcast_to(col, (h, w, 3)))
 
 
 @lru_cache(maxsize=8)

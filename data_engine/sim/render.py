@@ -22,6 +22,7 @@ from .meshes import EMISSIVE_ROLES, Mesh
 NEAR = 0.15  # m, near clipping plane
 FAR = 250.0  # m, beyond this the ground fades into the horizon
 SUB = 4  # fractional bits of the polygon coordinates given to cv2.fillPoly
+LAMP = 1.0  # light factor of emissive faces (lamps): as bright as a lit white surface by day
 
 
 @dataclass
@@ -42,8 +43,7 @@ class CameraImage:
     """What one camera sees, before exposure and weather."""
 
     albedo: np.ndarray  # [H, W, 3] float32 BGR in [0, 1]
-    light: np.ndarray  # [H, W] float32 irradiance factor (sun, sky, later headlights)
-    glow: np.ndarray  # [H, W, 3] float32 radiance of emissive faces
+    light: np.ndarray  # [H, W] float32 irradiance factor (sun, sky, lamps; headlights are added later)
     sky: np.ndarray  # [H, W] bool, pixels that see no surface
     depth: np.ndarray  # [H, W] float32 camera z in metres (inf on the sky)
     instance: np.ndarray  # [H, W] int32 actor id, -1 for ground and sky
@@ -110,7 +110,6 @@ def render_camera(
                                  borderMode=cv2.BORDER_REPLICATE)
     albedo = ground.astype(np.float32) * (1.0 / 255.0)
     light = np.full((height, width), ambient + diffuse * max(0.0, float(sun_dir[2])), np.float32)
-    glow = np.zeros((height, width, 3), np.float32)
     with np.errstate(divide="ignore"):
         invz = np.where(sky_mask, 0.0, 1.0 / ground_depth).astype(np.float32)
     instance = np.full((height, width), -1, np.int32)
@@ -170,16 +169,19 @@ def render_camera(
         own = np.zeros((bh, bw), np.uint8)
         face_mask = np.zeros((bh, bw), np.uint8)
         z_view = invz[y0:y1 + 1, x0:x1 + 1]
+        inst_view = instance[y0:y1 + 1, x0:x1 + 1]
+        albedo_view = albedo[y0:y1 + 1, x0:x1 + 1]
+        light_view = light[y0:y1 + 1, x0:x1 + 1]
         for uv, plane, fi in zip(polys, planes, faces_kept):
             pts_px = np.round((uv - [x0, y0]) * (1 << SUB)).astype(np.int32)
-            face_mask[:] = 0
-            cv2.fillPoly(face_mask, [pts_px], 1, lineType=cv2.LINE_8, shift=SUB)
             fx0, fy0, fw, fh = cv2.boundingRect(pts_px >> SUB)
             fx0, fy0 = max(fx0 - 1, 0), max(fy0 - 1, 0)
-            fx1, fy1 = min(fx0 + fw + 2, bw), min(fy0 + fh + 2, bh)
+            fx1, fy1 = min(fx0 + fw + 3, bw), min(fy0 + fh + 3, bh)
             if fx1 <= fx0 or fy1 <= fy0:
                 continue
+            cv2.fillPoly(face_mask, [pts_px], 1, lineType=cv2.LINE_8, shift=SUB)
             m = face_mask[fy0:fy1, fx0:fx1].astype(bool)
+            face_mask[fy0:fy1, fx0:fx1] = 0
             if not m.any():
                 continue
             own[fy0:fy1, fx0:fx1] |= m
@@ -189,27 +191,21 @@ def render_camera(
             if not write.any():
                 continue
             zb[write] = face_invz[write]
-            gy, gx = np.nonzero(write)
-            gy += y0 + fy0
-            gx += x0 + fx0
-            instance[gy, gx] = item.actor_id
+            inst_view[fy0:fy1, fx0:fx1][write] = item.actor_id
             colour = item.colours[fi]
-            n_global = item.global_T_box[:3, :3] @ item.mesh.normals[fi]
+            albedo_view[fy0:fy1, fx0:fx1][write] = colour
             if item.emissive[fi]:
-                albedo[gy, gx] = colour * 0.3
-                glow[gy, gx] = colour
-                light[gy, gx] = ambient
+                light_view[fy0:fy1, fx0:fx1][write] = LAMP  # lamps shine by themselves
             else:
-                albedo[gy, gx] = colour
-                glow[gy, gx] = 0.0
-                light[gy, gx] = ambient * (0.75 + 0.25 * max(0.0, float(n_global[2]))) + diffuse * max(
-                    0.0, float(n_global @ sun_dir))
+                n_global = item.global_T_box[:3, :3] @ item.mesh.normals[fi]
+                light_view[fy0:fy1, fx0:fx1][write] = ambient * (0.75 + 0.25 * max(0.0, float(n_global[2]))) + \
+                    diffuse * max(0.0, float(n_global @ sun_dir))
         silhouette[item.actor_id] = silhouette.get(item.actor_id, 0) + int(own.sum())
 
     with np.errstate(divide="ignore"):
         depth = np.where(invz > 0, 1.0 / np.maximum(invz, 1e-12), np.inf).astype(np.float32)
     sky = invz <= 0
-    return CameraImage(albedo, light, glow, sky, depth, instance, silhouette)
+    return CameraImage(albedo, light, sky, depth, instance, silhouette)
 
 
 def _cast_shadows(items: list[RenderItem], inside: np.ndarray, cam_T_global: np.ndarray, K: np.ndarray,
