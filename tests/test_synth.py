@@ -216,6 +216,16 @@ def test_sweeps_are_12hz_non_key_frames(tmp_path: Path) -> None:
     assert all(sd["filename"].startswith("sweeps/") for sd in front[1:-1])
     lidar = [sd for sd in sample_data if "LIDAR_TOP" in sd["filename"]]
     assert len(lidar) == 2
+    # The reader hands the sweeps to the key frame they follow, with their own ego poses.
+    ds = load_dataset(root)
+    first, last = ds.samples
+    assert set(first.sweeps) == set(CAMERA_NAMES) and dict(last.sweeps) == {}
+    sweeps = first.sweeps["CAM_FRONT"]
+    assert [f.token for f in sweeps] == [sd["token"] for sd in front[1:-1]]
+    assert all(f.path.is_file() for f in sweeps)
+    moved = [np.linalg.norm(f.global_T_ego[:2, 3] - first.global_T_ego[:2, 3]) for f in sweeps]
+    if scene_spec(5, 0, 2).ego_speed > 0:
+        assert np.all(np.diff(moved) > 0)
 
 
 def test_long_tail_at_the_defaults() -> None:

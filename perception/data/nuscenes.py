@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +113,9 @@ class Sample:
     cameras: Mapping[str, CameraFrame]  # channel -> frame, in schema.CAMERA_NAMES order first (do not mutate)
     lidar: LidarFrame
     annotation_tokens: tuple[str, ...]
+    # channel -> the non-key camera frames (sweeps) after this key frame and before the next, in time
+    # order; empty when the dataset has no sweeps.
+    sweeps: Mapping[str, tuple[CameraFrame, ...]] = field(default_factory=dict)
 
     @property
     def global_T_ego(self) -> np.ndarray:
@@ -251,7 +254,9 @@ class NuScenesDataset:
         self._sample_time = {r["token"]: int(r["timestamp"]) for r in t.records["sample"]}
         keyframes = self._key_frames()
         channels = self._check_channels(keyframes)
+        sweeps = self._sweep_chains(keyframes, channels)
         used = [f for frames in keyframes.values() for f in frames.values()]
+        used += [f for chains in sweeps.values() for chain in chains.values() for f in chain]
         calib = _transforms(t, "calibrated_sensor", {f["calibrated_sensor_token"] for f in used})
         poses = _transforms(t, "ego_pose", {f["ego_pose_token"] for f in used})
         anns_of_sample = self._index_annotations()
@@ -273,6 +278,8 @@ class NuScenesDataset:
                     timestamp=int(rec["timestamp"]), prev=rec["prev"], next=rec["next"],
                     cameras=cams, lidar=self._lidar(frames[LIDAR_NAME], calib, poses),
                     annotation_tokens=tuple(anns_of_sample.get(rec["token"], ())),
+                    sweeps={ch: tuple(self._camera(sd, ch, calib, poses) for sd in chain)
+                            for ch, chain in sweeps.get(rec["token"], {}).items()},
                 ))
             self._scene_index[scene_rec["token"]] = len(self.scenes)
             self.scenes.append(Scene(
@@ -307,6 +314,34 @@ class NuScenesDataset:
                     f"({out[sd['sample_token']][channel]['token']!r} and {sd['token']!r})"
                 )
             out[sd["sample_token"]][channel] = sd
+        return out
+
+    def _sweep_chains(self, keyframes: dict[str, dict[str, Record]],
+                      channels: tuple[str, ...]) -> dict[str, dict[str, list[Record]]]:
+        """sample token -> camera -> the non-key frames that follow its key frame (by the ``next``
+        links), up to the next key frame."""
+        t = self._t
+        by_token = t.by_token["sample_data"]
+        out: dict[str, dict[str, list[Record]]] = {}
+        for sample_token, frames in keyframes.items():
+            chains: dict[str, list[Record]] = {}
+            for ch in channels:
+                chain: list[Record] = []
+                nxt = frames[ch]["next"]
+                while nxt:
+                    sd = by_token.get(nxt)
+                    if sd is None:
+                        raise DatasetError(f"{t.file('sample_data')}: {frames[ch]['token']!r} links next to "
+                                           f"missing sample_data {nxt!r}")
+                    if sd["is_key_frame"]:
+                        break
+                    t.get("ego_pose", sd["ego_pose_token"], "sample_data", sd["token"])
+                    chain.append(sd)
+                    nxt = sd["next"]
+                if chain:
+                    chains[ch] = chain
+            if chains:
+                out[sample_token] = chains
         return out
 
     def _check_channels(self, keyframes: dict[str, dict[str, Record]]) -> tuple[str, ...]:

@@ -1,0 +1,118 @@
+"""BEV segmentation targets: drivable area and lane dividers from the map rasters, vehicles and
+pedestrians from the boxes (the LSS / Simple-BEV protocol: objects at least 40 % visible).
+
+Numpy and cv2 only. Rasters are laid out on a :class:`~perception.geometry.BEVGrid` as [X, Y]
+(rows along ego x forward, columns along ego y left); cell (i, j) is cv2 pixel (col=j, row=i).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..geometry import BEVGrid, box_corners, invert_transform
+from ..presets import SEG_PEDESTRIAN_CLASSES, SEG_VEHICLE_CLASSES
+from .schema import DETECTION_CLASSES
+from .sensor_files import MapMask, read_map_mask
+
+LANE_DIVIDER_SUFFIX = ".lane_divider.png"
+
+
+def lane_divider_path(map_path: Path) -> Path:
+    """Where the lane-divider raster of a map lives (written by `data-engine synth`; real nuScenes
+    keeps lane dividers in its vector map expansion instead, which this reader does not use)."""
+    name = map_path.name[: -len(".png")] if map_path.name.endswith(".png") else map_path.stem
+    return map_path.with_name(name + LANE_DIVIDER_SUFFIX)
+
+
+def read_lane_dividers(map_mask: MapMask) -> MapMask | None:
+    """The lane-divider raster beside a map, or None when the dataset has none."""
+    path = lane_divider_path(map_mask.path)
+    if not path.is_file():
+        return None
+    return read_map_mask(map_mask.token, path, map_mask.resolution)
+
+
+def _cv_T_bev() -> np.ndarray:
+    """3x3 from continuous cell coordinates (row, col) to cv2 pixel coordinates (u=col, v=row),
+    with cv2's integer pixel centres: u = col - 0.5, v = row - 0.5."""
+    return np.array([[0.0, 1.0, -0.5], [1.0, 0.0, -0.5], [0.0, 0.0, 1.0]])
+
+
+def _planar(T: np.ndarray) -> np.ndarray:
+    """The x-y part of a 4x4 transform that keeps z separate: [[a, b, tx], [c, d, ty], [0, 0, 1]]."""
+    return np.array([[T[0, 0], T[0, 1], T[0, 3]], [T[1, 0], T[1, 1], T[1, 3]], [0.0, 0.0, 1.0]])
+
+
+def map_to_bev(raster: MapMask, grid: BEVGrid, global_T_ego: np.ndarray) -> np.ndarray:
+    """Resample a global map raster into the BEV grid of an ego pose: uint8 [X, Y] (1 on the mask).
+
+    ``global_T_ego`` may include a BEV augmentation (``global_T_ego @ inv(aug_T_ego)``), reflections
+    and scaling included.
+    """
+    X, Y = grid.shape
+    # cv2 dst pixel (u, v) -> bev cell -> ego -> global -> map pixel.
+    mappix_T_cv = (
+        _planar(raster.pix_T_global) @ _planar(global_T_ego) @ _planar(grid.ego_T_bev) @ np.linalg.inv(_cv_T_bev())
+    )
+    out = cv2.warpAffine((raster.mask > 0).astype(np.uint8), mappix_T_cv[:2], (Y, X),
+                         flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return out
+
+
+def boxes_to_bev(grid: BEVGrid, center: np.ndarray, size: np.ndarray, yaw: np.ndarray) -> np.ndarray:
+    """Fill the footprints of ego-frame boxes into a uint8 [X, Y] raster (1 inside)."""
+    X, Y = grid.shape
+    out = np.zeros((X, Y), np.uint8)
+    if len(center) == 0:
+        return out
+    corners = box_corners(center, size, yaw)[:, :4, :2]  # bottom face [B, 4, 2], ego x, y
+    cells = grid.to_cells(corners)  # (row, col)
+    cv_pts = np.stack([cells[..., 1] - 0.5, cells[..., 0] - 0.5], axis=-1)
+    polys = [np.round(p * 16).astype(np.int32) for p in cv_pts]
+    cv2.fillPoly(out, polys, 1, lineType=cv2.LINE_8, shift=4)
+    return out
+
+
+@dataclass(frozen=True)
+class SegTargets:
+    """BEV segmentation targets of one frame."""
+
+    masks: np.ndarray  # uint8 [S, X, Y], one channel per preset.tasks.seg_classes
+    valid: np.ndarray  # bool [S], False where the dataset has no source for that class (no lane raster)
+
+
+def segmentation_targets(seg_classes: tuple[str, ...], grid: BEVGrid, *, global_T_ego: np.ndarray,
+                         aug_T_ego: np.ndarray, drivable: MapMask | None, lane_dividers: MapMask | None,
+                         center: np.ndarray, size: np.ndarray, yaw: np.ndarray, label: np.ndarray,
+                         visibility: tuple[str, ...], min_visibility: str = "2") -> SegTargets:
+    """Rasterise each segmentation class.
+
+    Boxes are in the augmented ego frame; ``aug_T_ego`` (identity without BEV augmentation) maps
+    the recorded ego frame to it, so map rasters are sampled at ``global_T_ego @ inv(aug_T_ego)``.
+    ``label`` indexes DETECTION_CLASSES (-1: not a detection class); vehicles and pedestrians count
+    when their visibility token is >= ``min_visibility``.
+    """
+    X, Y = grid.shape
+    masks = np.zeros((len(seg_classes), X, Y), np.uint8)
+    valid = np.zeros(len(seg_classes), bool)
+    global_T_aug = global_T_ego @ invert_transform(aug_T_ego)
+    visible = np.array([v >= min_visibility for v in visibility], bool) if len(visibility) else np.zeros(0, bool)
+    names = np.array([DETECTION_CLASSES[i] if i >= 0 else "" for i in label]) if len(label) else np.zeros(0, str)
+    for s, cls in enumerate(seg_classes):
+        if cls == "drivable_area":
+            if drivable is not None:
+                masks[s], valid[s] = map_to_bev(drivable, grid, global_T_aug), True
+        elif cls == "lane_divider":
+            if lane_dividers is not None:
+                masks[s], valid[s] = map_to_bev(lane_dividers, grid, global_T_aug), True
+        elif cls in ("vehicle", "pedestrian"):
+            members = SEG_VEHICLE_CLASSES if cls == "vehicle" else SEG_PEDESTRIAN_CLASSES
+            keep = visible & np.isin(names, members) if len(names) else np.zeros(0, bool)
+            masks[s], valid[s] = boxes_to_bev(grid, center[keep], size[keep], yaw[keep]), True
+        else:
+            raise ValueError(f"unknown segmentation class {cls!r}")
+    return SegTargets(masks, valid)

@@ -1,0 +1,102 @@
+"""Presets: typed configs naming input size, backbone, BEV grid, classes and tasks.
+
+Nothing else in the stack declares sizes or class lists: the dataset, the model, export, the edge
+runtime and the data engine all read them from a preset (or from a checkpoint that carries one).
+Numpy only; no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .data.schema import CAMERA_NAMES, DETECTION_CLASSES
+from .geometry import BEVGrid
+
+SEG_CLASSES: tuple[str, ...] = ("drivable_area", "lane_divider", "vehicle", "pedestrian")
+# Detection classes that count as "vehicle" and "pedestrian" in BEV segmentation (LSS / Simple-BEV).
+SEG_VEHICLE_CLASSES: tuple[str, ...] = ("car", "truck", "construction_vehicle", "bus", "trailer", "motorcycle", "bicycle")
+SEG_PEDESTRIAN_CLASSES: tuple[str, ...] = ("pedestrian",)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """What the model sees: N cameras, each resized (and cropped) to height x width."""
+
+    height: int  # px after preprocessing
+    width: int  # px after preprocessing
+    cameras: tuple[str, ...] = CAMERA_NAMES  # camera order of the N axis
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # RGB mean, applied inside the model graph
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # RGB std, applied inside the model graph
+
+    def __post_init__(self) -> None:
+        if self.height % 32 or self.width % 8:
+            raise ValueError(f"input {self.height}x{self.width}: height must be a multiple of 32 and width of 8")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The BEV grid around the ego, and the height range the view transforms lift into."""
+
+    x_min: float  # m, rear edge
+    x_max: float  # m, front edge
+    y_min: float  # m, right edge
+    y_max: float  # m, left edge
+    resolution: float  # m per cell
+    z_min: float = -2.0  # m, lowest point lifted into BEV (ego frame, ground at 0)
+    z_max: float = 4.0  # m, highest point lifted into BEV
+
+    @property
+    def bev(self) -> BEVGrid:
+        return BEVGrid(self.x_min, self.x_max, self.y_min, self.y_max, self.resolution)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The heads' targets."""
+
+    det_classes: tuple[str, ...] = DETECTION_CLASSES  # detection classes, in head channel order
+    seg_classes: tuple[str, ...] = SEG_CLASSES  # BEV segmentation classes, in head channel order
+    det_stride: int = 1  # BEV cells per detection heatmap cell
+    max_objects: int = 256  # boxes per frame kept as regression targets
+    seg_min_visibility: str = "2"  # nuScenes visibility token: objects at least 40 % visible (LSS protocol)
+    det_max_distance: float = 60.0  # m, boxes farther from the ego than this are not targets
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One named configuration of the whole stack's shapes."""
+
+    name: str
+    input: InputConfig
+    grid: GridConfig
+    tasks: TaskConfig = field(default_factory=TaskConfig)
+    backbone: str = "resnet18"  # a name of the backbone registry (perception.models)
+
+    @property
+    def bev(self) -> BEVGrid:
+        return self.grid.bev
+
+    @property
+    def det_grid(self) -> BEVGrid:
+        """The detection heatmap's grid (the BEV grid coarsened by ``tasks.det_stride``)."""
+        g = self.grid
+        return BEVGrid(g.x_min, g.x_max, g.y_min, g.y_max, g.resolution * self.tasks.det_stride)
+
+
+PRESETS: dict[str, Preset] = {
+    # For tests and CPU experiments: small images, a +-25.6 m grid at 0.8 m (64 x 64).
+    "tiny": Preset("tiny", InputConfig(96, 176), GridConfig(-25.6, 25.6, -25.6, 25.6, 0.8), backbone="resnet18"),
+    # For edge devices: 224 x 400 images, a +-25 m grid at 0.5 m (100 x 100).
+    "edge": Preset("edge", InputConfig(224, 400), GridConfig(-25.0, 25.0, -25.0, 25.0, 0.5), backbone="resnet18"),
+    # The nuScenes BEV standard: 448 x 800 images, +-50 m at 0.5 m (200 x 200), detection at 1 m.
+    "base": Preset("base", InputConfig(448, 800), GridConfig(-50.0, 50.0, -50.0, 50.0, 0.5),
+                   TaskConfig(det_stride=2, max_objects=500), backbone="resnet50"),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; unknown names are an error that lists the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
