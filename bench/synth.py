@@ -1,7 +1,7 @@
 """Throughput of `data-engine synth`: multi-camera keyframes per second (6 cameras rendered, lidar
 cast, JPEGs and sweeps written) with 1 and 2 worker processes, and where the time of one frame goes.
 
-    python bench/synth.py [--width 800 --height 450 --scenes 4 --frames 6 --repeats 3 --out bench/results/synth.json]
+    python -m bench.synth [--width 800 --height 450 --scenes 4 --frames 6 --repeats 3 --out bench/results/synth.json]
 
 Prints a table and writes JSON. Medians over repeats; ratios are taken within this run.
 """
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -21,22 +19,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bench.machine import machine
 from data_engine.sim.nuscenes_writer import JPEG_QUALITY
 from data_engine.sim.rig import nuscenes_like_rig
 from data_engine.sim.world import KEYFRAME_DT, SceneWorld, scene_spec
 from data_engine.synth import SynthConfig, synthesize
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}"
 
 
 def run_synth(workers: int, args: argparse.Namespace, seed: int) -> float:

@@ -64,16 +64,28 @@ def map_to_bev(raster: MapMask, grid: BEVGrid, global_T_ego: np.ndarray) -> np.n
 
 
 def boxes_to_bev(grid: BEVGrid, center: np.ndarray, size: np.ndarray, yaw: np.ndarray) -> np.ndarray:
-    """Fill the footprints of ego-frame boxes into a uint8 [X, Y] raster (1 inside)."""
+    """Rasterise the footprints of ego-frame boxes: uint8 [X, Y], 1 where the cell centre lies inside
+    a box's footprint (exact, no rasteriser bias)."""
     X, Y = grid.shape
     out = np.zeros((X, Y), np.uint8)
     if len(center) == 0:
         return out
     corners = box_corners(center, size, yaw)[:, :4, :2]  # bottom face [B, 4, 2], ego x, y
-    cells = grid.to_cells(corners)  # (row, col)
-    cv_pts = np.stack([cells[..., 1] - 0.5, cells[..., 0] - 0.5], axis=-1)
-    polys = [np.round(p * 16).astype(np.int32) for p in cv_pts]
-    cv2.fillPoly(out, polys, 1, lineType=cv2.LINE_8, shift=4)
+    cells = grid.to_cells(corners)  # continuous (row, col)
+    res = grid.resolution
+    for b in range(len(center)):
+        lo = np.maximum(np.floor(cells[b].min(axis=0)).astype(int), 0)
+        hi = np.minimum(np.ceil(cells[b].max(axis=0)).astype(int), [X, Y])
+        if np.any(hi <= lo):
+            continue
+        rows = np.arange(lo[0], hi[0])
+        cols = np.arange(lo[1], hi[1])
+        x = grid.x_min + (rows[:, None] + 0.5) * res - center[b, 0]
+        y = grid.y_min + (cols[None, :] + 0.5) * res - center[b, 1]
+        c, s = np.cos(yaw[b]), np.sin(yaw[b])
+        along, across = c * x + s * y, -s * x + c * y
+        inside = (np.abs(along) <= size[b, 1] / 2) & (np.abs(across) <= size[b, 0] / 2)
+        out[lo[0]:hi[0], lo[1]:hi[1]] |= inside.astype(np.uint8)
     return out
 
 
