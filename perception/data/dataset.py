@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..augment import AugmentConfig, augment_bev, augment_cameras, drop_cameras
+from ..augment import AugmentConfig, apply_bev, augment_cameras, augment_ego_motion, drop_cameras, sample_aug_T_ego
 from ..boxes import BoxCodec
 from ..geometry import invert_rigid, invert_transform, transform_points
-from ..preprocess import ImageDecodeError, decode_image, preprocess
+from ..preprocess import ImageDecodeError, auto_reduce, load_camera
 from ..presets import Preset
 from .batch import FrameItem, FrameRef, collate_frames  # noqa: F401  (re-exported for DataLoader users)
 from .nuscenes import NuScenesDataset, Sample, load_dataset, load_lidar_points
@@ -82,7 +82,8 @@ class MultiCamDataset(Dataset):
         return out
 
     def __getitem__(self, ref: int | FrameRef | Sequence[int]) -> FrameItem:
-        ref = FrameRef(*ref) if isinstance(ref, (tuple, list)) else FrameRef(int(ref))
+        # A plain index is a clip of one frame whose augmentation is seeded by the index.
+        ref = FrameRef(*ref) if isinstance(ref, (tuple, list)) else FrameRef(int(ref), 0, int(ref) + 1)
         sample = self.reader.samples[self.indices[ref.index]]
         return self.load(sample, step=ref.step, seed=ref.seed)
 
@@ -106,15 +107,16 @@ class MultiCamDataset(Dataset):
             # Cameras fire at their own times: express them in the sample's reference ego frame.
             ego_T_cam[n] = ref_T_global @ frame.global_T_ego @ frame.ego_T_cam
             try:
-                raw = decode_image(frame.path)
-                chw, K[n] = preprocess(raw, frame.K, (H, W))
-                images[n] = chw.transpose(1, 2, 0)
+                # The edge runtime decodes the same way: reduced JPEG decoding chosen from the sizes.
+                reduce = auto_reduce((frame.height, frame.width), (H, W))
+                images[n], K[n] = load_camera(frame.path, frame.K, (H, W), reduce)
             except ImageDecodeError as exc:
                 if cfg.on_bad_image == "raise":
                     raise BadImageError(str(exc)) from None
                 warnings.warn(f"{exc}; camera {ch} of sample {sample.token} marked invalid", stacklevel=2)
                 cam_valid[n] = False
-                K[n] = frame.K  # keeps the geometry well defined; the camera is masked anyway
+                K[n] = np.diag([frame.K[0, 0], frame.K[1, 1], 1.0])  # well defined; the camera is masked anyway
+                K[n, :2, 2] = (W / 2, H / 2)
         boxes = self.reader.box_set(sample)
         center, size, yaw, velocity = boxes.center, boxes.size, boxes.yaw, boxes.velocity
         label = boxes.label
@@ -125,9 +127,12 @@ class MultiCamDataset(Dataset):
 
         aug_T_ego = np.eye(4)
         if cfg.augment.enabled:
-            images, K = augment_cameras(images, K, img_rng, cfg.augment)
-            ego_T_cam, (center, size, yaw, velocity), points, aug_T_ego = augment_bev(
-                ego_T_cam, (center, size, yaw, velocity), points, bev_rng, cfg.augment)
+            cams = augment_cameras(images, K, img_rng, cfg.augment)
+            images, K = cams.images, cams.K
+            aug_T_ego = sample_aug_T_ego(bev_rng, cfg.augment)
+            bev = apply_bev(aug_T_ego, ego_T_cam, center, size, yaw, velocity, points)
+            ego_T_cam, center, size, yaw, velocity, points = bev.ego_T_cam, bev.center, bev.size, bev.yaw, \
+                bev.velocity, bev.points
             images, cam_valid = drop_cameras(images, cam_valid, img_rng, cfg.augment)
 
         # Targets.
@@ -149,7 +154,7 @@ class MultiCamDataset(Dataset):
         if step > 0 and sample.prev:
             prev = self.reader.sample(sample.prev)
             prev_T_curr = invert_rigid(prev.global_T_ego) @ sample.global_T_ego
-            prev_T_curr = aug_T_ego @ prev_T_curr @ invert_transform(aug_T_ego)
+            prev_T_curr = augment_ego_motion(prev_T_curr, aug_T_ego)
             dt = (sample.timestamp - prev.timestamp) / 1e6
 
         depth = None
