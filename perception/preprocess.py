@@ -99,11 +99,11 @@ def decode_image(data: bytes | Path | str, reduce: int = 1) -> np.ndarray:
         except OSError as exc:
             raise ImageDecodeError(f"{name}: cannot read image file ({exc})") from exc
     if buf.size == 0:
-        raise ImageDecodeError(f"{name}: image is empty (0 bytes)")
+        raise ImageDecodeError(f"{name}: image file is empty (0 bytes)")
     is_jpeg = buf[:2].tobytes() == _JPEG_MAGIC
     # A JPEG cut short has no end-of-image marker near its end. Entropy-coded data never holds FF D9.
     if is_jpeg and b"\xff\xd9" not in buf[-4096:].tobytes():
-        raise ImageDecodeError(f"{name}: image is corrupt (truncated JPEG, no end-of-image marker)")
+        raise ImageDecodeError(f"{name}: image file is corrupt (truncated JPEG, no end-of-image marker)")
     if reduce > 1 and not is_jpeg:
         # OpenCV would decode other formats at full size and resize them with its own rounding,
         # which breaks the exact 1/r scale that decode_affine promises.
@@ -112,7 +112,7 @@ def decode_image(data: bytes | Path | str, reduce: int = 1) -> np.ndarray:
         )
     image = cv2.imdecode(buf, _REDUCE_FLAGS[reduce])
     if image is None:
-        raise ImageDecodeError(f"{name}: image is corrupt (OpenCV cannot decode it)")
+        raise ImageDecodeError(f"{name}: image file is corrupt (OpenCV cannot decode it)")
     return image
 
 

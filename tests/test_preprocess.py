@@ -142,14 +142,14 @@ def test_decode_errors_name_the_file(tmp_path):
     with pytest.raises(ImageDecodeError, match="missing.jpg: image file missing"):
         decode_image(tmp_path / "missing.jpg")
     (tmp_path / "empty.jpg").write_bytes(b"")
-    with pytest.raises(ImageDecodeError, match="empty.jpg: image is empty"):
+    with pytest.raises(ImageDecodeError, match="empty.jpg: image file is empty"):
         decode_image(tmp_path / "empty.jpg")
     (tmp_path / "junk.jpg").write_bytes(b"not an image at all")
-    with pytest.raises(ImageDecodeError, match="junk.jpg: image is corrupt"):
+    with pytest.raises(ImageDecodeError, match="junk.jpg: image file is corrupt"):
         decode_image(tmp_path / "junk.jpg")
     ok, jpeg = cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))
     (tmp_path / "cut.jpg").write_bytes(jpeg.tobytes()[: len(jpeg) // 2])
-    with pytest.raises(ImageDecodeError, match="cut.jpg: image is corrupt \\(truncated JPEG"):
+    with pytest.raises(ImageDecodeError, match="cut.jpg: image file is corrupt \\(truncated JPEG"):
         decode_image(tmp_path / "cut.jpg")
     ok, png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="needs a JPEG"):

@@ -1,7 +1,6 @@
 """Reading the files a nuScenes sample points to: camera JPEGs, LIDAR_TOP .pcd.bin, the map PNG.
 
-Every failure is a :class:`DatasetError` naming the file: ``cv2.imread`` returns None silently and
-libjpeg decodes a truncated JPEG with only a warning, so both are checked here.
+Every failure is a :class:`DatasetError` naming the file.
 """
 
 from __future__ import annotations
@@ -32,18 +31,11 @@ def _read_bytes(path: Path, what: str) -> np.ndarray:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """A camera image as BGR uint8 [H, W, 3]; raises :class:`DatasetError` naming a missing,
-    undecodable or truncated file."""
-    path = Path(path)
-    data = _read_bytes(path, "image")
-    # A JPEG cut short has no end-of-image marker near its end; OpenCV 4 decodes it with only a
-    # warning (OpenCV 5 refuses it). Entropy-coded data never holds FF D9, so the tail search is safe.
-    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:].tobytes():
-        raise DatasetError(f"{path}: image file is corrupt (truncated JPEG, no end-of-image marker)")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None:
-        raise DatasetError(f"{path}: image file is corrupt (OpenCV cannot decode it)")
-    return image
+    """A camera image as BGR uint8 [H, W, 3]; raises a :class:`DatasetError` naming a missing,
+    undecodable or truncated file. The one decoder of the stack: :func:`perception.preprocess.decode_image`."""
+    from perception.preprocess import decode_image  # preprocess imports this package's errors
+
+    return decode_image(Path(path))
 
 
 def load_lidar_points(path: str | Path) -> np.ndarray:
