@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from .data.schema import CAMERA_NAMES, DETECTION_CLASSES
 from .geometry import BEVGrid
+from .models.config import ModelConfig
 
 SEG_CLASSES: tuple[str, ...] = ("drivable_area", "lane_divider", "vehicle", "pedestrian")
 # Detection classes that count as "vehicle" and "pedestrian" in BEV segmentation (LSS / Simple-BEV).
@@ -70,7 +71,7 @@ class Preset:
     input: InputConfig
     grid: GridConfig
     tasks: TaskConfig = field(default_factory=TaskConfig)
-    backbone: str = "resnet18"  # a name of the backbone registry (perception.models)
+    model: ModelConfig = field(default_factory=ModelConfig)
 
     @property
     def bev(self) -> BEVGrid:
@@ -85,12 +86,15 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # For tests and CPU experiments: small images, a +-25.6 m grid at 0.8 m (64 x 64).
-    "tiny": Preset("tiny", InputConfig(96, 176), GridConfig(-25.6, 25.6, -25.6, 25.6, 0.8), backbone="resnet18"),
+    "tiny": Preset("tiny", InputConfig(96, 176), GridConfig(-25.6, 25.6, -25.6, 25.6, 0.8),
+                   model=ModelConfig("resnet18", neck_channels=64, bev_channels=64, query_stride=2)),
     # For edge devices: 224 x 400 images, a +-25 m grid at 0.5 m (100 x 100).
-    "edge": Preset("edge", InputConfig(224, 400), GridConfig(-25.0, 25.0, -25.0, 25.0, 0.5), backbone="resnet18"),
+    "edge": Preset("edge", InputConfig(224, 400), GridConfig(-25.0, 25.0, -25.0, 25.0, 0.5),
+                   model=ModelConfig("resnet18", neck_channels=96, bev_channels=96, query_stride=4)),
     # The nuScenes BEV standard: 448 x 800 images, +-50 m at 0.5 m (200 x 200), detection at 1 m.
     "base": Preset("base", InputConfig(448, 800), GridConfig(-50.0, 50.0, -50.0, 50.0, 0.5),
-                   TaskConfig(det_stride=2, max_objects=500), backbone="resnet50"),
+                   TaskConfig(det_stride=2, max_objects=500),
+                   ModelConfig("resnet50", neck_channels=128, bev_channels=128, query_stride=4, attn_heads=8)),
 }
 
 

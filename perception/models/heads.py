@@ -1,0 +1,45 @@
+"""The multi-task heads: BEV segmentation, CenterPoint detection (decoded by perception.boxes), and a
+pooled per-frame embedding for the data engine."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..boxes import NUM_REGRESSION
+from ..presets import Preset
+
+HEATMAP_PRIOR = 0.1  # initial heatmap probability (CenterNet's bias init: -log((1 - p) / p))
+
+
+def _conv_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class Heads(nn.Module):
+    """bev [B, C, X, Y] -> {"seg": [B, S, X, Y] logits, "heatmap": [B, K, Xd, Yd] logits,
+    "regression": [B, 10, Xd, Yd] (boxes.REGRESSION_CHANNELS), "embedding": [B, E] unit vectors}."""
+
+    def __init__(self, preset: Preset, channels: int):
+        super().__init__()
+        tasks = preset.tasks
+        self.seg = nn.Sequential(_conv_block(channels, channels), nn.Conv2d(channels, len(tasks.seg_classes), 1))
+        self.det_trunk = _conv_block(channels, channels, stride=tasks.det_stride)
+        self.heatmap = nn.Sequential(_conv_block(channels, channels), nn.Conv2d(channels, len(tasks.det_classes), 1))
+        self.regression = nn.Sequential(_conv_block(channels, channels), nn.Conv2d(channels, NUM_REGRESSION, 1))
+        nn.init.constant_(self.heatmap[-1].bias, -math.log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR))
+        self.embed = nn.Linear(2 * channels, preset.model.embedding_dim)
+
+    def forward(self, bev: torch.Tensor) -> dict[str, torch.Tensor]:
+        det = self.det_trunk(bev)
+        pooled = torch.cat([bev.mean(dim=(2, 3)), bev.amax(dim=(2, 3))], dim=1)  # [B, 2C]
+        return {
+            "seg": self.seg(bev),
+            "heatmap": self.heatmap(det),
+            "regression": self.regression(det),
+            "embedding": F.normalize(self.embed(pooled), dim=1),
+        }

@@ -1,0 +1,55 @@
+"""`sampling`: the parameter-free bilinear lift of Simple-BEV.
+
+A 3D grid of points (every BEV cell at each of ``z_levels`` heights) is projected into every camera;
+each point takes the bilinear sample of the feature map where it lands (4-D grid_sample), and the
+samples are averaged over the cameras that see the point (in front, inside the image, camera
+valid). The Z levels are stacked as channels and compressed to the BEV width by a small conv.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..presets import Preset
+from .camera_geometry import bev_points, project_to_cameras
+
+
+class SamplingLift(nn.Module):
+    """feats per level [B, N, C, h, w] + geometry -> BEV features [B, bev_channels, X, Y]."""
+
+    def __init__(self, preset: Preset, channels: list[int], strides: list[int]):
+        super().__init__()
+        cfg, grid = preset.model, preset.grid
+        self.level = cfg.lift_level
+        self.stride = strides[self.level]
+        self.X, self.Y = grid.bev.shape
+        self.Z = len(cfg.z_levels)
+        pts = bev_points(grid.x_min, grid.x_max, grid.y_min, grid.y_max, self.X, self.Y, list(cfg.z_levels))
+        self.register_buffer("points", pts.reshape(-1, 3), persistent=False)  # [Z*X*Y, 3] ego frame
+        c = channels[self.level]
+        self.compress = nn.Sequential(
+            nn.Conv2d(c * self.Z, cfg.bev_channels, 1, bias=False), nn.BatchNorm2d(cfg.bev_channels), nn.ReLU(inplace=True),
+            nn.Conv2d(cfg.bev_channels, cfg.bev_channels, 3, padding=1, bias=False), nn.BatchNorm2d(cfg.bev_channels),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, feats: list[torch.Tensor], K: torch.Tensor, ego_T_cam: torch.Tensor,
+                cam_valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = feats[self.level]
+        B, N, C, h, w = f.shape
+        P = self.points.shape[0]
+        pix, depth = project_to_cameras(self.points[None].expand(B, P, 3), K, ego_T_cam)  # [B, N, P, 2], [B, N, P]
+        # Normalised coordinates of the feature map, which covers w*stride x h*stride input pixels.
+        gx = (pix[..., 0] + 0.5) / (w * self.stride) * 2 - 1
+        gy = (pix[..., 1] + 0.5) / (h * self.stride) * 2 - 1
+        valid = (depth > 0.1) & (gx.abs() <= 1) & (gy.abs() <= 1) & cam_valid[:, :, None]
+        grid = torch.stack([gx, gy], dim=-1).reshape(B * N, 1, P, 2)
+        sampled = F.grid_sample(f.reshape(B * N, C, h, w), grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # [B*N, C, 1, P]
+        weight = valid.to(f.dtype)  # [B, N, P]
+        sampled = sampled.reshape(B, N, C, P) * weight[:, :, None, :]
+        mean = sampled.sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)[:, None, :]  # [B, C, P]
+        bev = mean.reshape(B, C, self.Z, self.X, self.Y).reshape(B, C * self.Z, self.X, self.Y)
+        return {"bev": self.compress(bev)}
