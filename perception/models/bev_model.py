@@ -90,7 +90,7 @@ def build_model(preset: Preset) -> BEVModel:
     BEV encoder and heads."""
     cfg = preset.model
     backbone = build_backbone(cfg.backbone, cfg.pretrained)
-    neck = Neck(backbone.channels, backbone.strides, cfg.neck_channels)
+    neck = Neck(backbone.channels, backbone.strides, cfg.neck_channels, cfg.levels)
     try:
         view_transform = VIEW_TRANSFORMS[cfg.view_transform](preset, neck.channels, neck.strides)
     except KeyError:

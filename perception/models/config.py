@@ -15,9 +15,8 @@ class ModelConfig:
     view_transform: str = "transformer"  # transformer | sampling | lift_splat
     bev_channels: int = 64  # channels of the BEV feature map
     z_levels: tuple[float, ...] = (-0.5, 0.5, 1.5, 2.5)  # heights (m) the sampling lift and the pillar mask use
-    lift_level: int = 0  # FPN level (0: stride 8) the sampling lift and lift-splat read
+    feature_levels: tuple[int, ...] = ()  # backbone levels (0: stride 8, 1: 16, 2: 32) the FPN takes; () = by view
     query_stride: int = 4  # transformer: BEV cells per query cell along each axis (queries are upsampled)
-    key_levels: tuple[int, ...] = (1, 2)  # transformer: FPN levels whose pixels are the keys (stride 16, 32)
     attn_layers: int = 2  # transformer: cross-attention layers
     attn_heads: int = 4  # transformer: attention heads
     depth_min: float = 1.0  # lift_splat: nearest depth bin centre (m)
@@ -26,6 +25,14 @@ class ModelConfig:
     temporal: bool = True  # carry a BEV state across frames (ConvGRU over the warped previous state)
     encoder_blocks: int = 2  # residual blocks of the BEV encoder
     embedding_dim: int = 128  # size of the pooled per-frame embedding for the data engine
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        """The backbone levels the neck and view transform use: the transformer's keys are the
+        coarse levels (strides 16 and 32); the lifts read stride 8 with the coarser levels merged in."""
+        if self.feature_levels:
+            return self.feature_levels
+        return (1, 2) if self.view_transform == "transformer" else (0, 1, 2)
 
     def __post_init__(self) -> None:
         if self.view_transform not in ("transformer", "sampling", "lift_splat"):

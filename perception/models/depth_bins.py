@@ -59,7 +59,9 @@ class DepthBins:
         """The D bin centres in metres, nearest first."""
         return tuple(self.d_min + k * self.step for k in range(self.count))
 
-    def centers_tensor(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def centers_tensor(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         """The bin centres as a tensor [D] (float32 unless ``dtype``), e.g. for the lift's frustum."""
         import torch
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..presets import Preset
+from .neck import merge_to_finest
 from .camera_geometry import feature_pixels, invert_intrinsics
 
 
@@ -28,15 +29,14 @@ class LiftSplat(nn.Module):
     def __init__(self, preset: Preset, channels: list[int], strides: list[int]):
         super().__init__()
         cfg, grid = preset.model, preset.grid
-        self.level = cfg.lift_level
-        self.stride = strides[self.level]
+        self.stride = strides[0]  # the finest level, with the coarser ones merged in
         self.X, self.Y = grid.bev.shape
         self.grid = grid
         self.D = cfg.depth_bins
         self.Cb = cfg.bev_channels
         self.register_buffer("depths", depth_bin_centres(cfg.depth_min, cfg.depth_max, cfg.depth_bins),
                              persistent=False)
-        c = channels[self.level]
+        c = channels[0]
         self.head = nn.Sequential(
             nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
             nn.Conv2d(c, self.D + self.Cb, 1),
@@ -47,7 +47,7 @@ class LiftSplat(nn.Module):
 
     def forward(self, feats: list[torch.Tensor], K: torch.Tensor, ego_T_cam: torch.Tensor,
                 cam_valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        f = feats[self.level]
+        f = merge_to_finest(feats)
         B, N, C, h, w = f.shape
         D, Cb, X, Y = self.D, self.Cb, self.X, self.Y
         x = self.head(f.reshape(B * N, C, h, w))  # [B*N, D+Cb, h, w]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..presets import Preset
+from .neck import merge_to_finest
 from .camera_geometry import bev_points, project_to_cameras
 
 
@@ -22,13 +23,12 @@ class SamplingLift(nn.Module):
     def __init__(self, preset: Preset, channels: list[int], strides: list[int]):
         super().__init__()
         cfg, grid = preset.model, preset.grid
-        self.level = cfg.lift_level
-        self.stride = strides[self.level]
+        self.stride = strides[0]  # the finest level, with the coarser ones merged in
         self.X, self.Y = grid.bev.shape
         self.Z = len(cfg.z_levels)
         pts = bev_points(grid.x_min, grid.x_max, grid.y_min, grid.y_max, self.X, self.Y, list(cfg.z_levels))
         self.register_buffer("points", pts.reshape(-1, 3), persistent=False)  # [Z*X*Y, 3] ego frame
-        c = channels[self.level]
+        c = channels[0]
         self.compress = nn.Sequential(
             nn.Conv2d(c * self.Z, cfg.bev_channels, 1, bias=False), nn.BatchNorm2d(cfg.bev_channels), nn.ReLU(inplace=True),
             nn.Conv2d(cfg.bev_channels, cfg.bev_channels, 3, padding=1, bias=False), nn.BatchNorm2d(cfg.bev_channels),
@@ -37,7 +37,7 @@ class SamplingLift(nn.Module):
 
     def forward(self, feats: list[torch.Tensor], K: torch.Tensor, ego_T_cam: torch.Tensor,
                 cam_valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        f = feats[self.level]
+        f = merge_to_finest(feats)
         B, N, C, h, w = f.shape
         P = self.points.shape[0]
         pix, depth = project_to_cameras(self.points[None].expand(B, P, 3), K, ego_T_cam)  # [B, N, P, 2], [B, N, P]

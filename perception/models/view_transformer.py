@@ -2,7 +2,7 @@
 
 - Queries sit on a grid ``query_stride`` times coarser than the BEV output (upsampled after); each
   carries a learned embedding plus an encoding of its ego-frame position.
-- Keys are the pixels of the coarse FPN levels (``key_levels``). Each key carries a 3D ray
+- Keys are the pixels of the FPN levels (``ModelConfig.levels``: strides 16 and 32). Each key carries a 3D ray
   encoding computed in the graph from K and ego_T_cam (the ray direction and the camera centre in
   the ego frame), a camera embedding and a level embedding, so a new rig is only new inputs.
 - Each query attends only to the cameras its pillar (the query cell at ``z_levels``) projects into,
@@ -63,9 +63,9 @@ class TransformerFusion(nn.Module):
     def __init__(self, preset: Preset, channels: list[int], strides: list[int]):
         super().__init__()
         cfg, grid = preset.model, preset.grid
-        dim = channels[cfg.key_levels[0]]
-        self.key_levels = cfg.key_levels
-        self.strides = [strides[k] for k in cfg.key_levels]
+        dim = channels[0]
+        self.key_levels = tuple(range(len(channels)))  # every level the neck gives
+        self.strides = list(strides)
         self.X, self.Y = grid.bev.shape
         s = cfg.query_stride
         if self.X % s or self.Y % s:
@@ -82,7 +82,7 @@ class TransformerFusion(nn.Module):
         self.query_pos = nn.Sequential(nn.Linear(2, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
         self.ray_pos = nn.Sequential(nn.Linear(6, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
         self.camera_embed = nn.Parameter(torch.zeros(len(preset.input.cameras), dim))
-        self.level_embed = nn.Parameter(torch.zeros(len(cfg.key_levels), dim))
+        self.level_embed = nn.Parameter(torch.zeros(len(channels), dim))
         self.null_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.layers = nn.ModuleList([CrossAttentionLayer(dim, cfg.attn_heads, (self.qx, self.qy))
                                      for _ in range(cfg.attn_layers)])
