@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .depth_bins import DepthBins
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -25,6 +27,11 @@ class ModelConfig:
     temporal: bool = True  # carry a BEV state across frames (ConvGRU over the warped previous state)
     encoder_blocks: int = 2  # residual blocks of the BEV encoder
     embedding_dim: int = 128  # size of the pooled per-frame embedding for the data engine
+
+    @property
+    def depth(self) -> DepthBins:
+        """The lift-splat's depth bins, shared with the depth loss."""
+        return DepthBins(self.depth_min, self.depth_max, self.depth_bins)
 
     @property
     def levels(self) -> tuple[int, ...]:

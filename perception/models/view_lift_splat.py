@@ -17,11 +17,6 @@ from .neck import merge_to_finest
 from .camera_geometry import feature_pixels, invert_intrinsics
 
 
-def depth_bin_centres(cfg_min: float, cfg_max: float, count: int) -> torch.Tensor:
-    """Linearly spaced depth bin centres (m): [count]."""
-    return torch.linspace(cfg_min, cfg_max, count)
-
-
 class LiftSplat(nn.Module):
     """feats per level [B, N, C, h, w] + geometry -> {"bev": [B, bev_channels, X, Y],
     "depth_logits": [B, N, D, h, w]}."""
@@ -34,8 +29,7 @@ class LiftSplat(nn.Module):
         self.grid = grid
         self.D = cfg.depth_bins
         self.Cb = cfg.bev_channels
-        self.register_buffer("depths", depth_bin_centres(cfg.depth_min, cfg.depth_max, cfg.depth_bins),
-                             persistent=False)
+        self.register_buffer("depths", cfg.depth.centers_tensor(dtype=torch.float32), persistent=False)
         c = channels[0]
         self.head = nn.Sequential(
             nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
