@@ -22,7 +22,6 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.ndimage import maximum_filter
 
 from perception.geometry import BEVGrid
 
@@ -333,7 +332,12 @@ class BoxCodec:
         """bool [B, C, X, Y]: cells equal to the 3x3 max of their channel (outside the map is -inf)."""
         if heatmap.shape[1:] != self.heatmap_shape:
             raise ValueError(f"heatmap shape {heatmap.shape[1:]} != codec's (C, X, Y) {self.heatmap_shape}")
-        hmax = maximum_filter(heatmap, size=(1, 1, 3, 3), mode="constant", cval=-np.inf)
+        X, Y = heatmap.shape[-2:]
+        padded = np.pad(heatmap, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+        hmax = padded[..., 1:1 + X, 1:1 + Y].copy()
+        for di in range(3):
+            for dj in range(3):
+                np.maximum(hmax, padded[..., di:di + X, dj:dj + Y], out=hmax)
         return heatmap == hmax
 
     def _decode_peaks(

@@ -21,7 +21,7 @@ Conventions (the same as nuScenes):
   ``[i, i+1) x [j, j+1)``, so its centre is at ``(i + 0.5, j + 0.5)``. Arrays laid out on the grid
   are ``[..., X, Y]``. Pictures show forward up by flipping rows at drawing time only.
 
-Everything here is numpy (and scipy for quaternions): the edge runtime, the data engine and training
+Everything here is numpy only: the edge runtime, the data engine and training
 all import it, and none of them may need torch for geometry.
 """
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 __all__ = [
     "BEVGrid",
@@ -194,25 +193,52 @@ def camera_rotation_from_yaw_pitch(yaw: float, pitch: float = 0.0, roll: float =
 
 
 # --------------------------------------------------------------------------------------------------
-# Quaternions (w, x, y, z), via scipy's Rotation (which stores x, y, z, w)
+# Quaternions (w, x, y, z), closed form
 # --------------------------------------------------------------------------------------------------
 
 
 def quat_to_rotation(quat_wxyz: np.ndarray) -> np.ndarray:
-    """Unit quaternion(s) [..., 4] (w, x, y, z) -> rotation matrices [..., 3, 3]."""
+    """Quaternion(s) [..., 4] (w, x, y, z), normalised first -> rotation matrices [..., 3, 3]."""
     q = np.asarray(quat_wxyz, dtype=np.float64)
-    flat = q.reshape(-1, 4)
-    mats = Rotation.from_quat(flat[:, [1, 2, 3, 0]]).as_matrix()
-    return mats.reshape(q.shape[:-1] + (3, 3))
+    norm = np.linalg.norm(q, axis=-1, keepdims=True)
+    if np.any(norm < 1e-12):
+        raise ValueError("a zero quaternion is not a rotation")
+    w, x, y, z = np.moveaxis(q / norm, -1, 0)
+    return np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+        np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+        np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+    ], -2)
 
 
 def rotation_to_quat(rotation: np.ndarray) -> np.ndarray:
-    """Rotation matrices [..., 3, 3] (proper, det = +1) -> quaternions [..., 4] (w, x, y, z), w >= 0."""
+    """Rotation matrices [..., 3, 3] (proper, det = +1) -> unit quaternions [..., 4] (w, x, y, z), w >= 0.
+
+    Shepperd's method: each matrix uses the branch of its largest diagonal term (or the trace), so no
+    branch divides by a small number.
+    """
     r = np.asarray(rotation, dtype=np.float64)
-    flat = r.reshape(-1, 3, 3)
-    if np.any(np.linalg.det(flat) < 0):
+    m = r.reshape(-1, 3, 3)
+    if np.any(np.linalg.det(m) < 0):
         raise ValueError("a reflection (det = -1) has no quaternion; undo the flip before writing it")
-    q = Rotation.from_matrix(flat).as_quat()[:, [3, 0, 1, 2]]
+    m00, m11, m22 = m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]
+    diffs = (m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1])
+    sums = (m[:, 0, 1] + m[:, 1, 0], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1])
+    branch = np.argmax(np.stack([m00 + m11 + m22, m00, m11, m22], axis=1), axis=1)
+    candidates = []
+    for k, d in enumerate((1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22)):
+        s = 2.0 * np.sqrt(np.maximum(d, 1e-12))
+        if k == 0:
+            q = (0.25 * s, diffs[0] / s, diffs[1] / s, diffs[2] / s)
+        elif k == 1:
+            q = (diffs[0] / s, 0.25 * s, sums[0] / s, sums[1] / s)
+        elif k == 2:
+            q = (diffs[1] / s, sums[0] / s, 0.25 * s, sums[2] / s)
+        else:
+            q = (diffs[2] / s, sums[1] / s, sums[2] / s, 0.25 * s)
+        candidates.append(np.stack(q, axis=1))
+    q = np.stack(candidates, axis=0)[branch, np.arange(len(m))]
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
     q = np.where(q[:, :1] < 0, -q, q)
     return q.reshape(r.shape[:-2] + (4,))
 

@@ -107,9 +107,8 @@ def decode_image(data: bytes | Path | str, reduce: int = 1) -> np.ndarray:
     if reduce > 1 and not is_jpeg:
         # OpenCV would decode other formats at full size and resize them with its own rounding,
         # which breaks the exact 1/r scale that decode_affine promises.
-        raise ValueError(
-            f"{name}: reduce={reduce} needs a JPEG (DCT-domain scaling); decode other formats with reduce=1"
-        )
+        raise ImageDecodeError(f"{name}: not a JPEG, and reduce={reduce} needs one (DCT-domain scaling); "
+                               "decode other formats with reduce=1")
     image = cv2.imdecode(buf, _REDUCE_FLAGS[reduce])
     if image is None:
         raise ImageDecodeError(f"{name}: image file is corrupt (OpenCV cannot decode it)")
@@ -241,13 +240,29 @@ def preprocess_cameras(
     return out, K_out
 
 
+def check_size(image: np.ndarray, expected_hw: tuple[int, int], reduce: int, name: str) -> None:
+    """Raise :class:`ImageDecodeError` when a decoded image is not the size its intrinsics belong to
+    (a downsampled copy of a dataset would otherwise get silently wrong K)."""
+    h, w = (int(np.ceil(v / reduce)) for v in expected_hw)
+    if image.shape[:2] != (h, w):
+        at = f" decoded at 1/{reduce}" if reduce > 1 else ""
+        raise ImageDecodeError(
+            f"{name}: image size does not match its calibration: it is {image.shape[1]}x{image.shape[0]} px{at}, "
+            f"a {expected_hw[1]}x{expected_hw[0]} px image (as sample_data records it) gives {w}x{h} px"
+        )
+
+
 def load_camera(
-    data: bytes | Path | str, K: np.ndarray, out_hw: tuple[int, int], reduce: int = 1
+    data: bytes | Path | str, K: np.ndarray, out_hw: tuple[int, int], reduce: int = 1,
+    expected_hw: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode and preprocess one camera: -> (RGB uint8 [H, W, 3], K' [3, 3]).
 
     ``K`` is the intrinsics of the full-size image (as calibration stores it); ``reduce`` is the
-    JPEG decode reduction (see :func:`auto_reduce`). Chain :func:`to_chw` for the model layout.
+    JPEG decode reduction (see :func:`auto_reduce`); ``expected_hw`` is the full-size image size K
+    belongs to (checked when given). Chain :func:`to_chw` for the model layout.
     """
     image = decode_image(data, reduce)
+    if expected_hw is not None:
+        check_size(image, expected_hw, reduce, str(data) if not isinstance(data, (bytes, bytearray)) else "<image bytes>")
     return preprocess_hwc(image, decode_affine(reduce) @ np.asarray(K, dtype=np.float64), out_hw)

@@ -14,9 +14,10 @@ from .geometry import BEVGrid
 from .models.config import ModelConfig
 
 SEG_CLASSES: tuple[str, ...] = ("drivable_area", "lane_divider", "vehicle", "pedestrian")
-# Detection classes that count as "vehicle" and "pedestrian" in BEV segmentation (LSS / Simple-BEV).
-SEG_VEHICLE_CLASSES: tuple[str, ...] = ("car", "truck", "construction_vehicle", "bus", "trailer", "motorcycle", "bicycle")
-SEG_PEDESTRIAN_CLASSES: tuple[str, ...] = ("pedestrian",)
+# nuScenes categories that count as "vehicle" and "pedestrian" in BEV segmentation (LSS / Simple-BEV):
+# every category under these prefixes (vehicle.emergency.* included).
+SEG_VEHICLE_PREFIX = "vehicle."
+SEG_PEDESTRIAN_PREFIX = "human.pedestrian."
 
 
 @dataclass(frozen=True)

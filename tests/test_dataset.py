@@ -156,3 +156,35 @@ def test_damaged_image_is_named_or_skipped(world: Path, tmp_path: Path) -> None:
     k = TINY.input.cameras.index("CAM_BACK")
     assert not item.cam_valid[k] and item.cam_valid.sum() == 5
     assert item.images[k].max() == 0
+
+
+def test_plain_indices_draw_new_augmentations_each_epoch(world: Path) -> None:
+    ds = MultiCamDataset(world, TINY, DatasetConfig(augment=AugmentConfig(enabled=True)))
+    first = ds[0].aug_T_ego
+    assert np.allclose(ds[0].aug_T_ego, first)  # reproducible within an epoch
+    ds.set_epoch(1)
+    assert not np.allclose(ds[0].aug_T_ego, first)
+
+
+def test_an_image_of_another_size_than_its_calibration_is_refused(world: Path, tmp_path: Path) -> None:
+    import cv2
+
+    root = tmp_path / "resized"
+    shutil.copytree(world, root)
+    path = load_dataset(root).samples[0].cameras["CAM_FRONT"].path
+    image = cv2.imread(str(path))
+    cv2.imwrite(str(path), cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2)))
+    with pytest.raises(BadImageError, match=f"{path.name}: image size does not match its calibration: it is 100x56 px decoded at 1/2, a 400x225"):
+        MultiCamDataset(root, TINY)[0]
+
+
+def test_no_depth_supervision_from_invalid_cameras(world: Path, tmp_path: Path) -> None:
+    root = tmp_path / "dead"
+    shutil.copytree(world, root)
+    load_dataset(root).samples[0].cameras["CAM_FRONT"].path.write_bytes(b"not a jpeg")
+    ds = MultiCamDataset(root, TINY, DatasetConfig(with_depth=True, on_bad_image="skip"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        item = ds[0]
+    k = TINY.input.cameras.index("CAM_FRONT")
+    assert not item.cam_valid[k] and item.depth[k].max() == 0 and item.depth.max() > 0

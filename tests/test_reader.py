@@ -304,3 +304,29 @@ def test_dataset_survives_pickling_for_spawned_loader_workers(ds: NuScenesDatase
     s, s_copy = ds.sample(4), copy.sample(4)
     assert s_copy.token == s.token and tuple(s_copy.cameras) == tuple(s.cameras)
     assert np.array_equal(copy.box_set(s_copy).center, ds.box_set(s).center)
+
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("rotation", [0, 0, 0, 0], "is not a unit quaternion"),
+        ("rotation", [2, 0, 0, 0], "is not a unit quaternion"),
+        ("rotation", ["a", 0, 0, 1], "must be 4 finite numbers"),
+        ("size", [1, 2], "must be 3 positive numbers"),
+        ("size", [0, -1, 2], "must be 3 positive numbers"),
+        ("translation", ["x", 0, 0], "must be 3 finite numbers"),
+    ],
+)
+def test_bad_annotation_fields_name_the_record(tmp_path: Path, field: str, value: list, words: str) -> None:
+    import json as _json
+
+    from nuscenes_fixture import write_nuscenes_fixture
+
+    root = tmp_path / "ds"
+    write_nuscenes_fixture(root)
+    path = next((root).glob("v1.0-*/sample_annotation.json"))
+    anns = _json.loads(path.read_text())
+    anns[0][field] = value
+    path.write_text(_json.dumps(anns))
+    with pytest.raises(DatasetError, match=f"sample_annotation.json: record '{anns[0]['token']}' {field} .*{words}"):
+        load_dataset(root)

@@ -59,10 +59,10 @@ def test_segmentation_targets_follow_the_augmentation() -> None:
     centre = np.array([[5.0, -3.0, 0.8], [0.0, 6.0, 0.9], [-5.0, 5.0, 0.9]])
     size = np.array([[2.0, 4.0, 1.6], [0.7, 0.7, 1.8], [2.0, 4.5, 1.7]])
     yaw = np.zeros(3)
-    label = np.array([0, 8, 0])  # car, pedestrian, car
-    vis = ("4", "3", "1")  # the second car is barely visible: not a vehicle target
+    cats = ("vehicle.car", "human.pedestrian.adult", "vehicle.emergency.police")
+    vis = ("4", "3", "1")  # the police car is barely visible: not a vehicle target
     plain = segmentation_targets(SEG_CLASSES, grid, global_T_ego=global_T_ego, aug_T_ego=np.eye(4), drivable=raster,
-                                 lane_dividers=None, center=centre, size=size, yaw=yaw, label=label, visibility=vis)
+                                 lane_dividers=None, center=centre, size=size, yaw=yaw, categories=cats, visibility=vis)
     assert plain.valid.tolist() == [True, False, True, True]
     assert plain.masks[1].sum() == 0
     veh, ped = plain.masks[2], plain.masks[3]
@@ -71,7 +71,7 @@ def test_segmentation_targets_follow_the_augmentation() -> None:
     assert ped[tuple(grid.to_cells(centre[1, :2]).astype(int))] == 1
     flipped_boxes = centre * [1, -1, 1]
     aug = segmentation_targets(SEG_CLASSES, grid, global_T_ego=global_T_ego, aug_T_ego=flip, drivable=raster,
-                               lane_dividers=None, center=flipped_boxes, size=size, yaw=-yaw, label=label,
+                               lane_dividers=None, center=flipped_boxes, size=size, yaw=-yaw, categories=cats,
                                visibility=vis)
     # Flipping y mirrors every raster across the x axis (columns reversed).
     for s in (0, 2, 3):
@@ -128,3 +128,18 @@ def test_clip_sampler_whole_scenes_for_evaluation() -> None:
     frame_sampler = ClipBatchSampler(_clips(), batch_size=4, clip_length=1, shuffle=False, drop_last=False)
     assert all(ref.step == 0 for b in frame_sampler for ref in b)
     assert isinstance(next(iter(frame_sampler))[0], FrameRef)
+
+
+def test_clip_sampler_keeps_every_scene_without_drop_last() -> None:
+    one_scene = [list(range(5))]
+    kw = dict(batch_size=1, clip_length=None, shuffle=False, drop_last=False, world_size=2)
+    seen = [r.index for k in range(2) for b in ClipBatchSampler(one_scene, rank=k, **kw) for r in b]
+    assert sorted(seen) == list(range(5))
+
+
+def test_emergency_vehicles_are_vehicles() -> None:
+    grid = BEVGrid(-10, 10, -10, 10, 0.5)
+    seg = segmentation_targets(("vehicle",), grid, global_T_ego=np.eye(4), aug_T_ego=np.eye(4), drivable=None,
+                               lane_dividers=None, center=np.array([[3.0, 1.0, 0.9]]), size=np.array([[2.0, 5.0, 1.8]]),
+                               yaw=np.zeros(1), categories=("vehicle.emergency.ambulance",), visibility=("4",))
+    assert seg.masks[0][26, 22] == 1 and seg.valid[0]

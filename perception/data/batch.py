@@ -43,7 +43,7 @@ class FrameItem:
     sequence_id: int  # scene index in the reader
     frame_index: int  # position in its scene
     sample_index: int  # position in the reader's samples
-    gt_boxes: np.ndarray  # float32 [G, 9] x, y, z, w, l, h, yaw, vx, vy (ego frame), zero padded
+    gt_boxes: np.ndarray  # float32 [G, 9] x, y, z, w, l, h, yaw, vx, vy (ego frame), zero padded; v NaN if unknown
     gt_labels: np.ndarray  # int64 [G] class index, -1 for padding and non-detection categories
     aug_T_ego: np.ndarray  # float32 [4, 4] the BEV augmentation applied (identity when none)
     depth: np.ndarray | None = None  # float32 [N, H, W] sparse lidar depth, 0 where none

@@ -13,6 +13,7 @@ and ``seed`` seeds the clip's augmentation, so every frame of a clip shares one 
 from __future__ import annotations
 
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,11 +24,12 @@ from torch.utils.data import Dataset
 
 from ..augment import AugmentConfig, apply_bev, augment_cameras, augment_ego_motion, drop_cameras, sample_aug_T_ego
 from ..boxes import BoxCodec
-from ..geometry import invert_rigid, invert_transform, transform_points
+from ..geometry import invert_rigid, invert_transform, project, transform_points
 from ..preprocess import ImageDecodeError, auto_reduce, load_camera
 from ..presets import Preset
 from .batch import FrameItem, FrameRef, collate_frames  # noqa: F401  (re-exported for DataLoader users)
 from .nuscenes import NuScenesDataset, Sample, load_dataset, load_lidar_points
+from .sensor_files import MapMask
 from .schema import DETECTION_CLASSES
 from .targets import read_lane_dividers, segmentation_targets
 
@@ -69,9 +71,16 @@ class MultiCamDataset(Dataset):
         self.indices: list[int] = [self.reader.sample(tok).index for sc in scenes for tok in sc.sample_tokens]
         self.scene_ids = {sc.token: i for i, sc in enumerate(self.reader.scenes)}
         self.scenes = list(scenes)
+        self.epoch = 0
+        self._lanes: dict[str, MapMask | None] = {}  # map token -> lane-divider raster (read once)
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new augmentations for plain integer indices (a :class:`ClipBatchSampler` seeds its
+        clips itself, through its own ``set_epoch``). Call before creating the epoch's iterator."""
+        self.epoch = epoch
 
     def clips(self) -> list[list[int]]:
         """Positions (into this dataset) of each scene's frames in time order."""
@@ -82,8 +91,11 @@ class MultiCamDataset(Dataset):
         return out
 
     def __getitem__(self, ref: int | FrameRef | Sequence[int]) -> FrameItem:
-        # A plain index is a clip of one frame whose augmentation is seeded by the index.
-        ref = FrameRef(*ref) if isinstance(ref, (tuple, list)) else FrameRef(int(ref), 0, int(ref) + 1)
+        # A plain index is a clip of one frame whose augmentation is seeded by the index and the epoch.
+        if isinstance(ref, (tuple, list)):
+            ref = FrameRef(*ref)
+        else:
+            ref = FrameRef(int(ref), 0, zlib.crc32(f"{self.epoch}/{int(ref)}".encode()))
         sample = self.reader.samples[self.indices[ref.index]]
         return self.load(sample, step=ref.step, seed=ref.seed)
 
@@ -108,8 +120,11 @@ class MultiCamDataset(Dataset):
             ego_T_cam[n] = ref_T_global @ frame.global_T_ego @ frame.ego_T_cam
             try:
                 # The edge runtime decodes the same way: reduced JPEG decoding chosen from the sizes.
-                reduce = auto_reduce((frame.height, frame.width), (H, W))
-                images[n], K[n] = load_camera(frame.path, frame.K, (H, W), reduce)
+                known = frame.height > 0 and frame.width > 0  # sample_data records the recorded size
+                jpeg = frame.path.suffix.lower() in (".jpg", ".jpeg")
+                reduce = auto_reduce((frame.height, frame.width), (H, W)) if known and jpeg else 1
+                images[n], K[n] = load_camera(frame.path, frame.K, (H, W), reduce,
+                                              (frame.height, frame.width) if known else None)
             except ImageDecodeError as exc:
                 if cfg.on_bad_image == "raise":
                     raise BadImageError(str(exc)) from None
@@ -140,11 +155,15 @@ class MultiCamDataset(Dataset):
         drivable = lanes = None
         if scene.map_token is not None:
             drivable = self.reader.map_mask(scene.map_token)
-            lanes = read_lane_dividers(drivable)
+            if scene.map_token not in self._lanes:
+                if len(self._lanes) >= 8:  # keep a few maps: a worker reads scenes in runs
+                    self._lanes.pop(next(iter(self._lanes)))
+                self._lanes[scene.map_token] = read_lane_dividers(drivable)
+            lanes = self._lanes[scene.map_token]
         near = np.linalg.norm(center[:, :2], axis=1) <= preset.tasks.det_max_distance if len(center) else np.zeros(0, bool)
         seg = segmentation_targets(preset.tasks.seg_classes, preset.bev, global_T_ego=sample.global_T_ego,
                                    aug_T_ego=aug_T_ego, drivable=drivable, lane_dividers=lanes, center=center,
-                                   size=size, yaw=yaw, label=label, visibility=boxes.visibility,
+                                   size=size, yaw=yaw, categories=boxes.categories, visibility=boxes.visibility,
                                    min_visibility=preset.tasks.seg_min_visibility)
         det_label = np.where(near, self._det_label(label), -1)
         det = self.codec.encode(center, size, yaw, velocity, det_label)
@@ -160,6 +179,7 @@ class MultiCamDataset(Dataset):
         depth = None
         if points is not None:
             depth = _sparse_depth(points, K, ego_T_cam, H, W)
+            depth[~cam_valid] = 0.0  # no supervision from a dropped or unreadable camera
 
         # Ground truth boxes for evaluation (augmented ego frame), padded.
         G = cfg.max_gt_boxes
@@ -169,7 +189,7 @@ class MultiCamDataset(Dataset):
         k = len(order)
         if k:
             gt[:k, :3], gt[:k, 3:6], gt[:k, 6] = center[order], size[order], yaw[order]
-            gt[:k, 7:9] = np.nan_to_num(velocity[order])
+            gt[:k, 7:9] = velocity[order]  # NaN where unknown (an object seen in one keyframe)
             gt_label[:k] = self._det_label(label[order])
         return FrameItem(
             images=images.transpose(0, 3, 1, 2).copy(), K=K.astype(np.float32), ego_T_cam=ego_T_cam.astype(np.float32),
@@ -195,13 +215,11 @@ def _sparse_depth(points_ego: np.ndarray, K: np.ndarray, ego_T_cam: np.ndarray, 
     out = np.zeros((N, H, W), np.float32)
     for n in range(N):
         cam = transform_points(invert_transform(ego_T_cam[n]), points_ego)
-        front = cam[:, 2] > 0.5
-        cam = cam[front]
-        uv = cam @ K[n].T
-        u = np.round(uv[:, 0] / uv[:, 2]).astype(np.int64)
-        v = np.round(uv[:, 1] / uv[:, 2]).astype(np.int64)
+        uv, depth = project(K[n], cam[cam[:, 2] > 0.5])
+        u = np.round(uv[:, 0]).astype(np.int64)
+        v = np.round(uv[:, 1]).astype(np.int64)
         ok = (u >= 0) & (u < W) & (v >= 0) & (v < H)
-        z = cam[ok, 2].astype(np.float32)
+        z = depth[ok].astype(np.float32)
         order = np.argsort(-z)  # far first, so the nearest is written last
         out[n, v[ok][order], u[ok][order]] = z[order]
     return out

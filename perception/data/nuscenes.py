@@ -19,14 +19,21 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from perception.data.box_set import Box3D, BoxSet, annotation_velocities
-from perception.data.nuscenes_tables import DatasetError, Record, Tables, check_unit_quaternions, find_version, read_tables
+from perception.data.nuscenes_tables import (
+    DatasetError,
+    Record,
+    Tables,
+    check_annotation_boxes,
+    check_unit_quaternions,
+    find_version,
+    read_tables,
+)
+from perception.data.records import CameraFrame, LidarFrame, Sample, Scene
 from perception.data.sensor_files import MapMask, load_lidar_points, read_image, read_map_mask
 from perception.data.schema import CAMERA_NAMES, LIDAR_NAME
 from perception.geometry import invert_rigid, make_transform, quat_to_rotation
@@ -47,90 +54,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, eq=False)
-class Scene:
-    """One scene (a drive of ~20 s); ``sample_tokens`` are in time order."""
-
-    token: str
-    name: str  # e.g. "scene-0061"
-    description: str  # free text; our synthetic world writes its conditions here ("night, rain")
-    log_token: str
-    location: str  # the log's location, e.g. "singapore-onenorth"
-    map_token: str | None  # the map whose log_tokens list this scene's log (None if no map does)
-    sample_tokens: tuple[str, ...]
-
-
-@dataclass(frozen=True, eq=False)
-class CameraFrame:
-    """One camera key frame. Arrays are read-only."""
-
-    token: str  # sample_data token
-    channel: str  # e.g. "CAM_FRONT"
-    root: Path  # the dataset root
-    filename: str  # relative to root, as sample_data.json writes it
-    K: np.ndarray  # [3, 3] intrinsics (pix_T_cam) for an image of width x height
-    ego_T_cam: np.ndarray  # [4, 4] camera (optical: x right, y down, z forward) -> ego at this frame's time
-    global_T_ego: np.ndarray  # [4, 4] ego at this frame's time -> global
-    timestamp: int  # microseconds
-    width: int
-    height: int
-
-    @property
-    def path(self) -> Path:
-        """Absolute path of the JPEG."""
-        return self.root / self.filename
-
-
-@dataclass(frozen=True, eq=False)
-class LidarFrame:
-    """The LIDAR_TOP key frame. Arrays are read-only."""
-
-    token: str  # sample_data token
-    channel: str  # "LIDAR_TOP"
-    root: Path  # the dataset root
-    filename: str  # relative to root: a .pcd.bin of float32 (x, y, z, intensity, ring) in the lidar frame
-    ego_T_lidar: np.ndarray  # [4, 4] lidar -> ego at this frame's time
-    global_T_ego: np.ndarray  # [4, 4] ego at this frame's time -> global (the sample's reference pose)
-    timestamp: int  # microseconds
-
-    @property
-    def path(self) -> Path:
-        """Absolute path of the point cloud."""
-        return self.root / self.filename
-
-
-@dataclass(frozen=True, eq=False)
-class Sample:
-    """One annotated key frame: all cameras and the lidar near ``timestamp``."""
-
-    token: str
-    index: int  # position in NuScenesDataset.samples
-    scene_token: str
-    scene_index: int  # position in its scene, 0 first
-    timestamp: int  # microseconds
-    prev: str  # sample token, '' at the start of a scene
-    next: str  # sample token, '' at the end of a scene
-    cameras: Mapping[str, CameraFrame]  # channel -> frame, in schema.CAMERA_NAMES order first (do not mutate)
-    lidar: LidarFrame
-    annotation_tokens: tuple[str, ...]
-    # channel -> the non-key camera frames (sweeps) after this key frame and before the next, in time
-    # order; empty when the dataset has no sweeps.
-    sweeps: Mapping[str, tuple[CameraFrame, ...]] = field(default_factory=dict)
-
-    @property
-    def global_T_ego(self) -> np.ndarray:
-        """[4, 4] reference ego frame (the LIDAR_TOP ego pose) -> global; boxes are in this ego frame."""
-        return self.lidar.global_T_ego
-
-    def ref_T_cam(self, channel: str) -> np.ndarray:
-        """[4, 4] camera ``channel`` -> reference ego frame, including the ego motion between the
-        camera's and the lidar's timestamps: ``inv(global_T_ref) @ global_T_ego_cam @ ego_T_cam``."""
-        cam = self.cameras[channel]
-        return invert_rigid(self.global_T_ego) @ cam.global_T_ego @ cam.ego_T_cam
-
-    def cam_T_ref(self, channel: str) -> np.ndarray:
-        """[4, 4] reference ego frame -> camera ``channel`` (the inverse of :meth:`ref_T_cam`)."""
-        return invert_rigid(self.ref_T_cam(channel))
+MAP_CACHE_SIZE = 4  # map rasters kept in memory per process
 
 
 def load_dataset(root: str | Path, version: str | None = None) -> NuScenesDataset:
@@ -237,11 +161,15 @@ class NuScenesDataset:
         return self.box_set(sample, max_time_diff).to_boxes(sample.token)
 
     def map_mask(self, map_token: str, resolution: float = 0.1) -> MapMask:
-        """The map PNG of ``map_token`` (cached); ``resolution`` is its metres per pixel (nuScenes: 0.1)."""
+        """The map PNG of ``map_token``; ``resolution`` is its metres per pixel (nuScenes: 0.1).
+
+        The last few maps read stay cached (maps are large; frames are read scene by scene)."""
         if map_token not in self._map_cache:
             rec = self._t.by_token["map"].get(map_token)
             if rec is None:
                 raise DatasetError(f"{self._t.file('map')}: no map with token {map_token!r}")
+            while len(self._map_cache) >= MAP_CACHE_SIZE:
+                self._map_cache.pop(next(iter(self._map_cache)))
             self._map_cache[map_token] = read_map_mask(map_token, self.root / rec["filename"], resolution)
         return self._map_cache[map_token]
 
@@ -370,6 +298,7 @@ class NuScenesDataset:
         """sample token -> annotation tokens, checking every token an annotation references."""
         t = self._t
         out: dict[str, list[str]] = defaultdict(list)
+        check_annotation_boxes(t, t.records["sample_annotation"])
         for ann in t.records["sample_annotation"]:
             t.check_refs("sample_annotation", ann, "sample_token", "sample")
             instance = t.get("instance", ann["instance_token"], "sample_annotation", ann["token"])

@@ -166,6 +166,32 @@ def check_unit_quaternions(tables: Tables, table: str, recs: list[Record]) -> No
         )
 
 
+def check_annotation_boxes(tables: Tables, recs: list[Record]) -> None:
+    """Raise :class:`DatasetError` naming the first sample_annotation whose translation is not 3 finite
+    numbers, whose size is not 3 positive numbers, or whose rotation is not a unit quaternion."""
+
+    def numbers(value: object, count: int) -> np.ndarray | None:
+        if not isinstance(value, list) or len(value) != count:
+            return None
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return None
+        arr = np.asarray(value, dtype=np.float64)
+        return arr if np.all(np.isfinite(arr)) else None
+
+    for rec in recs:
+        if numbers(rec.get("translation"), 3) is None:
+            raise DatasetError(f"{tables.file('sample_annotation')}: record {rec['token']!r} translation "
+                               f"{rec.get('translation')!r} must be 3 finite numbers (x, y, z) in metres")
+        size = numbers(rec.get("size"), 3)
+        if size is None or not np.all(size > 0):
+            raise DatasetError(f"{tables.file('sample_annotation')}: record {rec['token']!r} size "
+                               f"{rec.get('size')!r} must be 3 positive numbers (w, l, h) in metres")
+        if numbers(rec.get("rotation"), 4) is None:
+            raise DatasetError(f"{tables.file('sample_annotation')}: record {rec['token']!r} rotation "
+                               f"{rec.get('rotation')!r} must be 4 finite numbers (w, x, y, z)")
+    check_unit_quaternions(tables, "sample_annotation", recs)
+
+
 def _check_calibrated_sensors(tables: Tables) -> None:
     """Unit rotations everywhere; cameras need positive focal lengths and a [0, 0, 1] bottom row."""
     recs = tables.records["calibrated_sensor"]

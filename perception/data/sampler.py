@@ -65,11 +65,13 @@ class ClipBatchSampler(Sampler[list[FrameRef]]):
         if self.shuffle:
             order = rng.permutation(len(windows))
             windows = [windows[i] for i in order]
-        # Every rank gets the same number of windows (DDP steps in lockstep).
-        per_rank = len(windows) // self.world_size
-        if per_rank == 0 and self.drop_last:
-            return []
-        mine = windows[self.rank:per_rank * self.world_size:self.world_size] if self.world_size > 1 else windows
+        # With drop_last every rank gets the same number of windows (DDP training steps in lockstep);
+        # without it nothing is dropped and ranks may differ by one window (evaluation, which runs no
+        # collective per step).
+        if self.drop_last and self.world_size > 1:
+            per_rank = len(windows) // self.world_size
+            windows = windows[: per_rank * self.world_size]
+        mine = windows[self.rank::self.world_size]
         if self.clip_length is None:
             mine = sorted(mine, key=lambda w: len(w[1]))
         groups: list[list[tuple[int, list[int]]]] = []

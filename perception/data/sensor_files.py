@@ -30,12 +30,16 @@ def _read_bytes(path: Path, what: str) -> np.ndarray:
     return data
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
     """A camera image as BGR uint8 [H, W, 3]; raises a :class:`DatasetError` naming a missing,
-    undecodable or truncated file. The one decoder of the stack: :func:`perception.preprocess.decode_image`."""
-    from perception.preprocess import decode_image  # preprocess imports this package's errors
+    undecodable or truncated file, or one whose size is not ``expected_hw`` (the size its
+    calibration belongs to). The one decoder of the stack: :func:`perception.preprocess.decode_image`."""
+    from perception.preprocess import check_size, decode_image  # preprocess imports this package's errors
 
-    return decode_image(Path(path))
+    image = decode_image(Path(path))
+    if expected_hw is not None:
+        check_size(image, expected_hw, 1, str(path))
+    return image
 
 
 def load_lidar_points(path: str | Path) -> np.ndarray:

@@ -14,8 +14,7 @@ import cv2
 import numpy as np
 
 from ..geometry import BEVGrid, box_corners, invert_transform
-from ..presets import SEG_PEDESTRIAN_CLASSES, SEG_VEHICLE_CLASSES
-from .schema import DETECTION_CLASSES
+from ..presets import SEG_PEDESTRIAN_PREFIX, SEG_VEHICLE_PREFIX
 from .sensor_files import MapMask, read_map_mask
 
 LANE_DIVIDER_SUFFIX = ".lane_divider.png"
@@ -58,9 +57,9 @@ def map_to_bev(raster: MapMask, grid: BEVGrid, global_T_ego: np.ndarray) -> np.n
     mappix_T_cv = (
         _planar(raster.pix_T_global) @ _planar(global_T_ego) @ _planar(grid.ego_T_bev) @ np.linalg.inv(_cv_T_bev())
     )
-    out = cv2.warpAffine((raster.mask > 0).astype(np.uint8), mappix_T_cv[:2], (Y, X),
-                         flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return out
+    out = cv2.warpAffine(raster.mask, mappix_T_cv[:2], (Y, X), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return (out > 0).astype(np.uint8)  # threshold the small output, never the whole map
 
 
 def boxes_to_bev(grid: BEVGrid, center: np.ndarray, size: np.ndarray, yaw: np.ndarray) -> np.ndarray:
@@ -99,21 +98,22 @@ class SegTargets:
 
 def segmentation_targets(seg_classes: tuple[str, ...], grid: BEVGrid, *, global_T_ego: np.ndarray,
                          aug_T_ego: np.ndarray, drivable: MapMask | None, lane_dividers: MapMask | None,
-                         center: np.ndarray, size: np.ndarray, yaw: np.ndarray, label: np.ndarray,
+                         center: np.ndarray, size: np.ndarray, yaw: np.ndarray, categories: tuple[str, ...],
                          visibility: tuple[str, ...], min_visibility: str = "2") -> SegTargets:
     """Rasterise each segmentation class.
 
     Boxes are in the augmented ego frame; ``aug_T_ego`` (identity without BEV augmentation) maps
     the recorded ego frame to it, so map rasters are sampled at ``global_T_ego @ inv(aug_T_ego)``.
-    ``label`` indexes DETECTION_CLASSES (-1: not a detection class); vehicles and pedestrians count
-    when their visibility token is >= ``min_visibility``.
+    ``categories`` are the boxes' nuScenes category names: as LSS and Simple-BEV, every ``vehicle.*``
+    category is a vehicle (emergency vehicles too) and every ``human.pedestrian.*`` a pedestrian; they
+    count when their visibility token is >= ``min_visibility``.
     """
     X, Y = grid.shape
     masks = np.zeros((len(seg_classes), X, Y), np.uint8)
     valid = np.zeros(len(seg_classes), bool)
     global_T_aug = global_T_ego @ invert_transform(aug_T_ego)
     visible = np.array([v >= min_visibility for v in visibility], bool) if len(visibility) else np.zeros(0, bool)
-    names = np.array([DETECTION_CLASSES[i] if i >= 0 else "" for i in label]) if len(label) else np.zeros(0, str)
+    cats = list(categories)
     for s, cls in enumerate(seg_classes):
         if cls == "drivable_area":
             if drivable is not None:
@@ -122,8 +122,8 @@ def segmentation_targets(seg_classes: tuple[str, ...], grid: BEVGrid, *, global_
             if lane_dividers is not None:
                 masks[s], valid[s] = map_to_bev(lane_dividers, grid, global_T_aug), True
         elif cls in ("vehicle", "pedestrian"):
-            members = SEG_VEHICLE_CLASSES if cls == "vehicle" else SEG_PEDESTRIAN_CLASSES
-            keep = visible & np.isin(names, members) if len(names) else np.zeros(0, bool)
+            prefix = SEG_VEHICLE_PREFIX if cls == "vehicle" else SEG_PEDESTRIAN_PREFIX
+            keep = visible & np.array([c.startswith(prefix) for c in cats], bool) if cats else np.zeros(0, bool)
             masks[s], valid[s] = boxes_to_bev(grid, center[keep], size[keep], yaw[keep]), True
         else:
             raise ValueError(f"unknown segmentation class {cls!r}")

@@ -40,7 +40,7 @@ import numpy as np
 from nuscenes import NuScenes
 from nuscenes.eval.common.config import config_factory
 from nuscenes.eval.detection.evaluate import DetectionEval
-from nuscenes.eval.detection.utils import category_to_detection_name, detection_name_to_rel_attributes
+from nuscenes.eval.detection.utils import category_to_detection_name
 from nuscenes.utils.data_classes import LidarPointCloud
 from nuscenes.utils.geometry_utils import BoxVisibility, view_points
 from nuscenes.utils.splits import get_scenes_of_split, is_predefined_split
