@@ -4,32 +4,69 @@ Scenes are rendered in parallel worker processes, each writing its own sensor fi
 file under ``DIR/.synth/`` when it is complete. The tables are assembled from those records at the
 end and written atomically. A killed run is resumed by running the same command again: finished
 scenes are kept, unfinished ones are rendered again from their first frame. A directory made with
-other arguments, or one that holds something else, is refused rather than mixed.
+other arguments or by another version of the world's code, or one that holds something else, is
+refused rather than mixed. A run holds an exclusive lock on ``DIR/.synth/lock`` throughout, so a
+second run on the same directory fails at once; workers exit when the run that started them dies.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
+import select
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import perception
 from perception.data.schema import CATEGORY_TO_DETECTION, DETECTION_CLASSES, TABLES
 
 SYNTH_FORMAT = 1
 VERSION = "v1.0-synth"
 RECIPE_FILE = "synth.json"
 STATE_DIR = ".synth"
+LOCK_FILE = "lock"
 TRAIN_SPLIT, VAL_SPLIT = "synth_train", "synth_val"
 
 
 class SynthError(ValueError):
     """Impossible arguments or an output directory that cannot be used."""
+
+
+class RecipeMismatch(SynthError):
+    """The output directory holds a dataset made with other arguments or another version of the world."""
+
+
+class OutputLocked(SynthError):
+    """Another `synth` run is writing the output directory."""
+
+
+@lru_cache(maxsize=1)
+def world_digest() -> str:
+    """A short sha256 of the world's source: ``data_engine/sim/*.py`` (by name) and ``perception/geometry.py``.
+
+    It is part of the recipe, so a directory rendered by other code is not resumed with new scenes.
+    """
+    files = sorted(Path(__file__).with_name("sim").glob("*.py"), key=lambda p: p.name)
+    files.append(Path(perception.__file__).with_name("geometry.py"))
+    h = hashlib.sha256()
+    for f in files:
+        data = f.read_bytes()
+        h.update(f"{f.parent.name}/{f.name}:{len(data)}:".encode())
+        h.update(data)
+    return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -68,6 +105,7 @@ class SynthConfig:
         d.pop("out")
         d.pop("workers")
         d["format"] = SYNTH_FORMAT
+        d["world"] = world_digest()
         return d
 
 
@@ -96,9 +134,54 @@ def split_scenes(names: list[str]) -> dict[str, list[str]]:
 _progress: Any = None
 
 
-def _init_worker(counter: Any) -> None:
+def _process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].startswith(("Z", "X"))
+
+
+def _exit_with(pid: int) -> None:
+    """Exit this process as soon as process ``pid`` exits.
+
+    Pool workers are children of the forkserver, not of the run, so a killed run would otherwise
+    leave them rendering queued scenes and then waiting on their queue forever (with the forkserver
+    and the resource tracker, which live as long as they do). A daemon thread waits on a pidfd of
+    the run (polls it on systems without pidfds) and ends the worker the moment the run is gone.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):
+        fd = -1
+
+    def watch() -> None:
+        if fd >= 0:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            while not poller.poll():
+                pass
+        else:
+            while not _process_gone(pid):
+                time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="synth-exit-with-run", daemon=True).start()
+
+
+def _init_worker(counter: Any, run_pid: int) -> None:
     global _progress
     _progress = counter
+    _exit_with(run_pid)
     import cv2
 
     cv2.setNumThreads(1)
@@ -127,32 +210,109 @@ def _scene_file(root: Path, index: int) -> Path:
     return root / STATE_DIR / f"scene-{index:04d}.json"
 
 
+_TMP_NAME = re.compile(r"\.\d+\.[0-9a-f]{8}\.tmp$")  # what nuscenes_writer._write_bytes writes through
+
+
+def _remove_temporaries(root: Path) -> None:
+    """Delete the temporary files of writes a killed run did not finish (none is being written: we
+    hold the lock, and the workers of a killed run are gone)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if _TMP_NAME.search(name):
+                Path(folder, name).unlink(missing_ok=True)
+
+
+def _is_recipe_tmp(p: Path) -> bool:
+    """A temporary file left by a run killed while it wrote the recipe."""
+    return p.name.startswith(RECIPE_FILE + ".") and p.name.endswith(".tmp") and p.is_file()
+
+
+def _is_fresh(root: Path) -> bool:
+    """Whether ``root`` holds nothing but what a run killed before it wrote the recipe leaves behind:
+    an empty ``.synth/`` or one holding only the lock file, and temporary files of the recipe."""
+    for p in root.iterdir():
+        if p.name == STATE_DIR and p.is_dir():
+            if any(q.name != LOCK_FILE for q in p.iterdir()):
+                return False
+        elif not _is_recipe_tmp(p):
+            return False
+    return True
+
+
+def _check_usable(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise SynthError(f"--out {root} exists and is not a directory")
+    if root.is_dir() and not (root / RECIPE_FILE).exists() and not _is_fresh(root):
+        raise SynthError(f"--out {root} is not empty and holds no {RECIPE_FILE}; refusing to write into it")
+
+
+@contextlib.contextmanager
+def output_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``root/.synth/lock`` (creating the directories) or fail at once.
+
+    A directory holding something other than a synth dataset is refused before anything is created
+    in it.
+    """
+    _check_usable(root)
+    state = root / STATE_DIR
+    state.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise OutputLocked(f"{root} is being written by another synth run{who}; "
+                               "wait for it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def prepare_output(cfg: SynthConfig) -> list[int]:
     """Check the output directory; return the indices of scenes still to render.
 
-    A directory made by an earlier run with the same recipe is resumed; anything else that is not
-    empty is refused.
+    A directory made by an earlier run with the same recipe (arguments and world code) is resumed;
+    anything else that is not empty is refused. Call it holding ``output_lock(cfg.out)``.
     """
     root = cfg.out
     recipe_path = root / RECIPE_FILE
-    if root.exists() and not root.is_dir():
-        raise SynthError(f"--out {root} exists and is not a directory")
+    _check_usable(root)
     if recipe_path.exists():
         try:
             old = json.loads(recipe_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise SynthError(f"{recipe_path} is unreadable ({exc}); delete {root} or choose another --out") from None
-        if old != cfg.recipe():
-            diff = {k: (old.get(k), v) for k, v in cfg.recipe().items() if old.get(k) != v}
-            raise SynthError(f"{root} holds a dataset made with other arguments {diff} (was, now); "
-                             "refusing to mix them: choose another --out or delete it")
-    elif root.exists() and any(root.iterdir()):
-        raise SynthError(f"--out {root} is not empty and holds no {RECIPE_FILE}; refusing to write into it")
+        new = cfg.recipe()
+        if old != new:
+            if not isinstance(old, dict):
+                old = {}
+            reasons = []
+            diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v and k != "world"}
+            if diff:
+                reasons.append(f"made with other arguments {diff} (was, now)")
+            if old.get("world") != new["world"]:
+                reasons.append(f"made by another version of the world (code digest {old.get('world')}, "
+                               f"now {new['world']})")
+            if not reasons:
+                extra = sorted(set(old) - set(new))
+                reasons.append(f"made with other arguments {extra} (not known to this version)")
+            raise RecipeMismatch(f"{root} holds a dataset {' and '.join(reasons)}; "
+                                 "refusing to mix them: choose another --out or delete it")
+        _remove_temporaries(root)
     root.mkdir(parents=True, exist_ok=True)
     (root / STATE_DIR).mkdir(exist_ok=True)
     if not recipe_path.exists():
         from .sim.nuscenes_writer import _write_bytes
 
+        for tmp in root.iterdir():
+            if _is_recipe_tmp(tmp):
+                tmp.unlink()
         _write_bytes(recipe_path, json.dumps(cfg.recipe(), indent=1).encode())
     todo = []
     for i in range(cfg.scenes):
@@ -165,39 +325,61 @@ def prepare_output(cfg: SynthConfig) -> list[int]:
 
 
 def synthesize(cfg: SynthConfig, progress: bool = True) -> SynthSummary:
-    """Render the dataset described by ``cfg`` (resuming an interrupted run) and write its tables."""
+    """Render the dataset described by ``cfg`` (resuming an interrupted run) and write its tables.
+
+    The output directory is locked for the whole run: a second run on it raises ``OutputLocked``.
+    """
     from tqdm import tqdm
 
     cfg.validate()
     start = time.perf_counter()
-    todo = prepare_output(cfg)
-    ctx = mp.get_context("forkserver")
-    counter = ctx.Value("i", 0)
-    frames_per_scene = cfg.frames
-    bar = tqdm(total=len(todo) * frames_per_scene, unit="frame", desc="synth", disable=not progress,
-               mininterval=0.5, dynamic_ncols=True)
-    if todo:
-        if cfg.workers == 1:
-            _init_worker(counter)
-            for i in todo:
-                _render_scene(cfg, i)
-                bar.n = counter.value
-                bar.refresh()
-        else:
-            with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(counter,)) as pool:
-                pending = {pool.submit(_render_scene, cfg, i) for i in todo}
-                while pending:
-                    done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        fut.result()  # re-raise a worker's error here
-                    bar.n = counter.value
-                    bar.refresh()
-    bar.close()
-    summary = assemble(cfg)
+    with output_lock(cfg.out):
+        todo = prepare_output(cfg)
+        ctx = mp.get_context("forkserver")
+        counter = ctx.Value("i", 0)
+        bar = tqdm(total=len(todo) * cfg.frames, unit="frame", desc="synth", disable=not progress,
+                   mininterval=0.5, dynamic_ncols=True)
+        try:
+            if todo and cfg.workers == 1:
+                _render_in_process(cfg, todo, counter, bar)
+            elif todo:
+                with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx, initializer=_init_worker,
+                                         initargs=(counter, os.getpid())) as pool:
+                    pending = {pool.submit(_render_scene, cfg, i) for i in todo}
+                    try:
+                        while pending:
+                            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                            for fut in done:
+                                fut.result()  # re-raise a worker's error here
+                            bar.n = counter.value
+                            bar.refresh()
+                    except BaseException:
+                        pool.shutdown(wait=False, cancel_futures=True)  # do not render the queued scenes
+                        raise
+        finally:
+            bar.close()
+        summary = assemble(cfg)
     summary.rendered_scenes = len(todo)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _render_in_process(cfg: SynthConfig, todo: list[int], counter: Any, bar: Any) -> None:
+    """Render scenes in this process, with OpenCV on one thread as in a worker, restored afterwards."""
+    global _progress
+    import cv2
+
+    threads = cv2.getNumThreads()
+    _progress = counter
+    cv2.setNumThreads(1)
+    try:
+        for i in todo:
+            _render_scene(cfg, i)
+            bar.n = counter.value
+            bar.refresh()
+    finally:
+        _progress = None
+        cv2.setNumThreads(threads)
 
 
 def assemble(cfg: SynthConfig) -> SynthSummary:

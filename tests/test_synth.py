@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -252,3 +253,250 @@ def test_calibration_is_written_as_rotations(small: Path) -> None:
         assert np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-9)
         assert np.allclose(invert_rigid(T) @ T, np.eye(4), atol=1e-9)
         assert sample.cameras[cam].width == 192 and sample.cameras[cam].height == 108
+
+
+# Resume and refusal: killed runs, concurrent runs, stale worlds, the demo's scratch outputs.
+
+TINY = {"scenes": 3, "frames": 2, "seed": 3, "width": 96, "height": 64}
+
+
+def _synth_argv(root: Path, workers: int, **params: int) -> list[str]:
+    argv = ["synth", "--out", str(root), "--workers", str(workers)]
+    for k, v in params.items():
+        argv += [f"--{k}", str(v)]
+    return argv
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """An uninterrupted run of TINY, the reference of the runs below."""
+    root = tmp_path_factory.mktemp("synth") / "tiny"
+    synthesize(SynthConfig(out=root, workers=1, **TINY), progress=False)
+    return root
+
+
+def _proc_table() -> dict[int, tuple[int, str, int]]:
+    """pid -> (parent pid, state, start time) of every process, from /proc."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        table[int(entry)] = (int(fields[1]), fields[0], int(fields[19]))
+    return table
+
+
+def _descendants(pid: int) -> dict[int, int]:
+    """pid -> start time of every live descendant of ``pid``."""
+    table = _proc_table()
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, _, start) in table.items():
+            if ppid == parent and child not in found:
+                found[child] = start
+                frontier.append(child)
+    return found
+
+
+def _alive(procs: dict[int, int], out: Path) -> list[int]:
+    """Those of ``procs`` (pid -> start time) still running, and any process naming ``out``; zombies are dead."""
+    table = _proc_table()
+    alive = [pid for pid, start in procs.items()
+             if pid in table and table[pid][2] == start and table[pid][1] not in "ZX"]
+    for pid, (_, state, _) in table.items():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(out).encode() in cmdline and state not in "ZX" and pid != os.getpid():
+            alive.append(pid)
+    return alive
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_killed_run_leaves_no_process_behind_and_resumes(tiny: Path, tmp_path: Path) -> None:
+    root = tmp_path / "killed2"
+    argv = _synth_argv(root, 2, **TINY)
+    proc = subprocess.Popen([sys.executable, "-m", "data_engine.cli", *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (root / ".synth" / "scene-0000.json").exists():
+        assert proc.poll() is None, "synth ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    family = _descendants(proc.pid)
+    assert len(family) >= 3, family  # the forkserver, the resource tracker, the workers
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    family.update(_descendants(proc.pid))
+    deadline = time.time() + 5
+    while (left := _alive(family, root)) and time.time() < deadline:
+        time.sleep(0.05)
+    for pid in left:  # do not leak them when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes of the killed run still alive: {left}"
+    assert not (root / "v1.0-synth").exists()
+    # A write the kill interrupted leaves its temporary file: the resumed run removes it.
+    leftover = root / "samples" / "CAM_BACK" / "scene-0001__CAM_BACK__1700000100000000.jpg.4242.0a1b2c3d.tmp"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"\xff\xd8 half")
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert _digest(root) == _digest(tiny)
+
+
+def test_a_second_run_on_the_same_directory_fails_at_once(tiny: Path, tmp_path: Path) -> None:
+    root = tmp_path / "busy"
+    argv = _synth_argv(root, 1, **TINY)
+    first = subprocess.Popen([sys.executable, "-m", "data_engine.cli", *argv],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not (root / "synth.json").exists():
+        assert first.poll() is None, "the first run ended early"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    t0 = time.time()
+    second = CliRunner().invoke(app, argv)
+    assert second.exit_code == 1, second.output
+    assert str(root) in second.output and "another synth run" in second.output, second.output
+    assert time.time() - t0 < 2
+    assert first.poll() is None, "the first run ended before the second started: the test proves nothing"
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    assert _digest(root) == _digest(tiny)
+    assert not list(root.rglob("*.tmp"))
+
+
+def test_concurrent_writers_of_one_file_do_not_share_a_temporary(tmp_path: Path, monkeypatch) -> None:
+    """A second writer of the same path, between the first one's write and its rename, must not
+    take over the first one's temporary file."""
+    from data_engine.sim.nuscenes_writer import _write_bytes
+
+    target = tmp_path / "table.json"
+    real_replace = os.replace
+    interleaved = []
+
+    def replace_after_another_writer(src, dst):  # type: ignore[no-untyped-def]
+        if not interleaved:
+            interleaved.append(src)
+            _write_bytes(target, b"second")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_after_another_writer)
+    _write_bytes(target, b"first")
+    assert interleaved and target.read_bytes() == b"first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.json"]
+    assert str(os.getpid()) in Path(interleaved[0]).name
+
+
+def test_another_version_of_the_world_is_refused(tiny: Path, tmp_path: Path) -> None:
+    from data_engine.synth import world_digest
+
+    root = tmp_path / "old_world"
+    shutil.copytree(tiny, root)
+    recipe = json.loads((root / "synth.json").read_text())
+    assert recipe["world"] == world_digest() and len(recipe["world"]) == 16
+    recipe["world"] = "0123456789abcdef"
+    (root / "synth.json").write_text(json.dumps(recipe))
+    (root / ".synth" / "scene-0002.json").unlink()  # a scene the new world would add
+    res = CliRunner().invoke(app, _synth_argv(root, 1, **TINY))
+    assert res.exit_code == 1
+    assert "another version of the world" in res.output and "refusing to mix" in res.output, res.output
+    assert not (root / ".synth" / "scene-0002.json").exists()
+
+
+def test_world_digest_covers_the_world_code(monkeypatch, tmp_path: Path) -> None:
+    import data_engine.synth as synth_mod
+
+    before = synth_mod.world_digest()
+    fake = tmp_path / "data_engine" / "synth.py"
+    shutil.copytree(Path(synth_mod.__file__).with_name("sim"), fake.parent / "sim")
+    monkeypatch.setattr(synth_mod, "__file__", str(fake))
+    synth_mod.world_digest.cache_clear()
+    try:
+        assert synth_mod.world_digest() == before
+        with open(fake.parent / "sim" / "world.py", "a") as f:
+            f.write("\n# changed\n")
+        synth_mod.world_digest.cache_clear()
+        assert synth_mod.world_digest() != before
+    finally:
+        synth_mod.world_digest.cache_clear()
+
+
+@pytest.mark.parametrize("left", [["STATE/"], ["STATE/lock"], ["STATE/lock", "synth.json.1234.0a1b2c3d.tmp"]])
+def test_a_run_killed_before_its_recipe_left_a_fresh_directory(tmp_path: Path, left: list[str]) -> None:
+    from data_engine.synth import prepare_output
+
+    root = tmp_path / "early"
+    (root / ".synth").mkdir(parents=True)
+    for name in left:
+        if name != "STATE/":
+            path = root / name.replace("STATE", ".synth")
+            path.write_text('{"seed": 3, "sce' if name.endswith(".tmp") else "4242\n")
+    cfg = SynthConfig(out=root, workers=1, **{**TINY, "scenes": 1})
+    assert prepare_output(cfg) == [0]
+    assert json.loads((root / "synth.json").read_text()) == cfg.recipe()
+    assert sorted(p.name for p in root.iterdir()) == [".synth", "synth.json"]
+    # Something else in .synth/ is not what such a run leaves: refused as before.
+    other = tmp_path / "other"
+    (other / ".synth").mkdir(parents=True)
+    (other / ".synth" / "scene-0000.json").write_text("{}")
+    res = CliRunner().invoke(app, _synth_argv(other, 1, **{**TINY, "scenes": 1}))
+    assert res.exit_code == 1 and "not empty" in res.output
+    assert sorted(p.name for p in (other / ".synth").iterdir()) == ["scene-0000.json"]
+
+
+def test_in_process_run_restores_opencv_threads(tmp_path: Path) -> None:
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        synthesize(SynthConfig(out=tmp_path / "one", workers=1, **{**TINY, "scenes": 1}), progress=False)
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
+
+
+def test_demo_rerenders_its_stale_outputs(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from data_engine.demo import render_own
+
+    root = tmp_path / "demo_world"
+    cfg = SynthConfig(out=root, workers=1, **{**TINY, "scenes": 1})
+    synthesize(cfg, progress=False)
+    reference = _digest(root)
+    recipe = json.loads((root / "synth.json").read_text())
+    (root / "synth.json").write_text(json.dumps({**recipe, "world": "0123456789abcdef"}))
+    (root / "stale.txt").write_text("from the old world")
+    out = io.StringIO()
+    render_own(cfg, Console(file=out, width=300))
+    assert "deleting it and rendering it again" in out.getvalue()
+    assert "another version of the world" in out.getvalue()
+    assert not (root / "stale.txt").exists() and _digest(root) == reference
+    # Another recipe (here the seed) is its own scratch output too.
+    out = io.StringIO()
+    render_own(SynthConfig(out=root, workers=1, **{**TINY, "scenes": 1, "seed": 4}), Console(file=out, width=300))
+    assert "deleting it and rendering it again" in out.getvalue() and "seed" in out.getvalue()
+    assert json.loads((root / "synth.json").read_text())["seed"] == 4
+
+
+def test_demo_fails_in_one_line_on_other_synth_errors(tmp_path: Path, capsys) -> None:
+    from data_engine.demo import main
+
+    (tmp_path / "world").mkdir()
+    (tmp_path / "world" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path), "--scenes", "1", "--frames", "2"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not empty" in err and str(tmp_path / "world") in err
+    assert (tmp_path / "world" / "notes.txt").read_text() == "mine"

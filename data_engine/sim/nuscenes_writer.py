@@ -24,7 +24,7 @@ from perception.data.schema import (
 )
 from perception.geometry import quat_from_yaw, rotation_to_quat
 
-from .rig import SENSOR_CHANNELS, Rig
+from .rig import SENSOR_CHANNELS
 from .world import KEYFRAME_DT, SWEEP_DT, FrameCapture, ObjectTruth, SceneWorld
 
 Rows = dict[str, list[dict[str, Any]]]
@@ -50,12 +50,20 @@ def static_records(seed: int) -> Rows:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    """Write a file through a temporary name and rename it, so no half-written file is ever seen."""
+    """Write a file through a temporary name and rename it, so no half-written file is ever seen.
+
+    The temporary name is unique to the writer (pid and a random suffix): two writers of one path
+    never write into, or rename, each other's temporary file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _pose_row(tok: str, timestamp: int, global_T_ego: np.ndarray) -> dict[str, Any]:

@@ -16,11 +16,10 @@ import numpy as np
 
 from perception.data.nuscenes import NuScenesDataset, load_dataset
 
+from ..synth import RECIPE_FILE
 from .nuscenes_writer import annotation_rows, token
 from .rig import nuscenes_like_rig
 from .world import KEYFRAME_DT, SceneWorld, scene_spec
-
-RECIPE_FILE = "synth.json"
 
 
 class OracleError(ValueError):
