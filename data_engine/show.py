@@ -48,7 +48,7 @@ def render_sample(
     gt = dataset.box_set(sample)
     layer = BoxLayer(center=gt.center, size=gt.size, yaw=gt.yaw, label=gt.label, velocity=gt.velocity, style="gt")
     images = {
-        channel: draw_boxes_on_image(read_image(cam.path), cam.K, sample.cam_T_ref(channel), layer)
+        channel: draw_boxes_on_image(read_image(cam.path, (cam.height, cam.width)), cam.K, sample.cam_T_ref(channel), layer)
         for channel, cam in sample.cameras.items()
     }
     points = load_lidar_points(sample.lidar.path)
