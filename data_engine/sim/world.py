@@ -110,6 +110,7 @@ class FrameCapture:
     renders: dict[str, CameraImage]
     points: np.ndarray | None  # [M, 5] lidar frame
     objects: list[ObjectTruth]
+    point_ids: np.ndarray | None = None  # [M] actor uid each point hit, -1 for the ground
 
 
 class SceneWorld:
@@ -206,7 +207,9 @@ class SceneWorld:
             centres = np.array([b[1] for b in boxes]).reshape(-1, 3)
             sizes = np.array([b[2] for b in boxes]).reshape(-1, 3)
             yaws = np.array([b[3] for b in boxes])
-            points, hit_ids = lidar.cast(global_T_ego @ self.rig.ego_T_lidar, centres, sizes, yaws, ids, rng)
+            shapes = [item.mesh for item in items]  # the meshes the cameras drew, in the same order
+            points, hit_ids = lidar.cast(global_T_ego @ self.rig.ego_T_lidar, centres, sizes, yaws, ids, rng,
+                                         meshes=shapes)
             clock.lap("lidar")
         objects: list[ObjectTruth] = []
         if annotate:
@@ -226,4 +229,5 @@ class SceneWorld:
                     continue
                 frac = float(visible[actor.uid] / full[actor.uid]) if full[actor.uid] > 0 else 0.0
                 objects.append(ObjectTruth(actor, centre, yaw, vel, actor.attribute(t), n_pts, frac))
-        return FrameCapture(t, global_T_ego, images, renders, points if lidar_sweep else None, objects)
+        return FrameCapture(t, global_T_ego, images, renders, points if lidar_sweep else None, objects,
+                            hit_ids if lidar_sweep else None)
