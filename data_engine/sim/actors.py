@@ -14,7 +14,7 @@ import numpy as np
 
 from . import meshes
 from .layout import Path
-from .meshes import Mesh
+from .mesh_builder import Mesh
 
 # nuScenes category -> (mean w, l, h), relative spread
 SIZES: dict[str, tuple[tuple[float, float, float], float]] = {

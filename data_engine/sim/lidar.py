@@ -20,7 +20,7 @@ import numpy as np
 
 from perception.geometry import invert_rigid, transform_points_batch
 
-from .meshes import Mesh
+from .mesh_builder import Mesh
 
 BEAMS = 32
 ELEVATIONS_DEG = np.linspace(-30.67, 10.67, BEAMS)

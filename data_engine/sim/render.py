@@ -17,7 +17,7 @@ import numpy as np
 
 from perception.geometry import invert_intrinsics, invert_rigid
 
-from .meshes import EMISSIVE_ROLES, Mesh
+from .mesh_builder import EMISSIVE_ROLES, Mesh
 
 NEAR = 0.15  # m, near clipping plane
 FAR = 250.0  # m, beyond this the ground fades into the horizon
