@@ -5,6 +5,8 @@ Commands are thin entries; torch-dependent modules are imported inside the comma
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 import perception
@@ -17,10 +19,82 @@ def main() -> None:
     """Multi-camera BEV perception: train, evaluate, predict, export, bench."""
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def train(
+    ctx: typer.Context,
+    config: Path = typer.Option(None, "--config", help="YAML experiment config (see configs/)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from its last.pt."),
+) -> None:
+    """Train a model: `perception train --config configs/tiny_cpu.yaml train.steps=100 model.view_transform=sampling`.
+
+    Run it under torchrun for several processes or GPUs; SIGTERM or SIGUSR1 saves last.pt and exits.
+    """
+    from perception.config import ConfigError, load_config
+    from perception.training.trainer import train as run_training
+
+    try:
+        cfg = load_config(config, list(ctx.args))
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    run_dir = run_training(cfg, resume=resume)
+    typer.echo(f"run directory: {run_dir}")
+
+
 @app.command()
 def version() -> None:
     """Print the package version."""
     typer.echo(perception.__version__)
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint written by `perception train`."),
+    data: Path = typer.Option(..., "--data", help="A nuScenes-format dataset directory."),
+    split: str = typer.Option(None, "--split", help="A split of splits.json (default: the val split, else all scenes)."),
+    out: Path = typer.Option(None, "--out", help="Output directory (default runs/eval/<name>)."),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Scenes run side by side."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+) -> None:
+    """Evaluate a checkpoint: nuScenes results JSON, metrics_summary.json, per-class, per-condition and
+    rare-class tables, BEV IoU, and the range-capped variant."""
+    from perception.data.nuscenes_tables import DatasetError
+    from perception.evaluate import EvalError, evaluate
+    from perception.training.checkpoint import CheckpointError
+
+    try:
+        report = evaluate(checkpoint, data, split, out, batch_size, device=device)
+    except (EvalError, CheckpointError, DatasetError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(f"wrote {report['files']['results']} and {report['files']['metrics_summary']}")
+
+
+@app.command()
+def predict(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint written by `perception train`."),
+    data: Path = typer.Option(..., "--data", help="A nuScenes-format dataset directory."),
+    out: Path = typer.Option(..., "--out", help="Output directory for the PNGs (and the MP4)."),
+    scene: str = typer.Option(None, "--scene", help="Scene name or token (default: the first val scene)."),
+    video: bool = typer.Option(False, "--video", help="Also write an MP4 of the frames."),
+    max_frames: int = typer.Option(None, "--max-frames", min=1, help="Only the first N frames of the scene."),
+    score_threshold: float = typer.Option(0.3, "--score-threshold", help="Boxes drawn above this score."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, ... (default: cuda if available)."),
+) -> None:
+    """Draw predictions: all cameras with boxes beside BEV prediction and ground truth, per frame."""
+    from perception.data.nuscenes_tables import DatasetError
+    from perception.predict import PredictError
+    from perception.predict import predict as run_predict
+    from perception.training.checkpoint import CheckpointError
+
+    try:
+        result = run_predict(checkpoint, data, out, scene, video=video, max_frames=max_frames,
+                             score_threshold=score_threshold, device=device)
+    except (PredictError, CheckpointError, DatasetError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(f"{result.scene}: wrote {len(result.frames)} pictures to {out}"
+               + (f" and {result.video}" if result.video else ""))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from data_engine.cli import app
 from data_engine.sim.oracle import label_samples, render_instance_masks
 from data_engine.sim.world import scene_spec
-from data_engine.synth import SynthConfig, SynthError, synthesize
+from data_engine.synth import SynthConfig, synthesize
 from perception.data.nuscenes import load_dataset, load_lidar_points
 from perception.data.schema import CAMERA_NAMES, TABLES
 from perception.geometry import box_corners, invert_rigid, points_in_boxes, transform_points

@@ -32,7 +32,11 @@ class Heads(nn.Module):
         self.heatmap = nn.Sequential(_conv_block(channels, channels), nn.Conv2d(channels, len(tasks.det_classes), 1))
         self.regression = nn.Sequential(_conv_block(channels, channels), nn.Conv2d(channels, NUM_REGRESSION, 1))
         nn.init.constant_(self.heatmap[-1].bias, -math.log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR))
-        self.embed = nn.Linear(2 * channels, preset.model.embedding_dim)
+        # The embedding is a fixed random projection of the pooled BEV features (distances between
+        # frames are kept, Johnson-Lindenstrauss): no loss trains it, so it holds no parameters.
+        g = torch.Generator().manual_seed(0)
+        proj = torch.randn(2 * channels, preset.model.embedding_dim, generator=g) / math.sqrt(preset.model.embedding_dim)
+        self.register_buffer("embed_proj", proj)
 
     def forward(self, bev: torch.Tensor) -> dict[str, torch.Tensor]:
         det = self.det_trunk(bev)
@@ -41,5 +45,5 @@ class Heads(nn.Module):
             "seg": self.seg(bev),
             "heatmap": self.heatmap(det),
             "regression": self.regression(det),
-            "embedding": F.normalize(self.embed(pooled), dim=1),
+            "embedding": F.normalize(pooled @ self.embed_proj, dim=1),
         }

@@ -1,0 +1,305 @@
+"""Evaluation of a BEV model on a split of a nuScenes-format dataset: `perception eval`.
+
+The model runs scene by scene in time order with the video state carried from frame to frame
+(reset to zeros at each scene's first frame; ego motion ``prev_T_curr`` and ``dt`` come from the
+batch). Boxes are decoded with the preset's :class:`~perception.boxes.BoxCodec` and scored with
+:mod:`perception.metrics` (the devkit's ``detection_cvpr_2019`` protocol, and a variant whose class
+ranges are capped to the model's BEV grid, labelled as such); segmentation is scored with
+:class:`~perception.metrics.BEVIoU` (sigmoid > 0.5, classes counted only where the dataset has a
+source for them). Every number is also reported per scene condition (from the scene description)
+and for the rare classes.
+
+    report = evaluate("runs/train/x/best.pt", "data/synth", split="synth_val", out="runs/eval/x")
+    report = evaluate_model(model, preset, dataset, split="synth_val")   # training's validation
+
+Frames: predictions and ground truth are compared in each sample's reference ego frame; the
+results JSON is written in the global frame (the submission format).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .boxes import BoxCodec, DecodedBoxes
+from .data.batch import MultiCamBatch, collate_frames
+from .data.dataset import DatasetConfig, MultiCamDataset
+from .data.nuscenes import NuScenesDataset, load_dataset
+from .data.sampler import ClipBatchSampler
+from .data.schema import parse_conditions
+from .metrics import (
+    BEVIoU,
+    DetectionConfig,
+    DetectionEvaluator,
+    DetectionMetrics,
+    EvalBoxes,
+    range_capped_to_grid,
+)
+from .metrics.detection import TP_METRIC_NAMES
+from .metrics.nuscenes_io import ground_truth, results_json
+from .presets import Preset
+
+__all__ = ["EVAL_CONDITIONS", "RARE_CLASSES", "EvalError", "default_split", "evaluate", "evaluate_model",
+           "run_model"]
+
+EVAL_CONDITIONS: tuple[str, ...] = ("day", "dusk", "night", "rain", "fog")  # reported per condition
+RARE_CLASSES: tuple[str, ...] = ("construction_vehicle", "trailer")  # the long tail, reported apart
+
+
+class EvalError(ValueError):
+    """A split, scene or input that cannot be evaluated; the message names it."""
+
+
+def default_split(reader: NuScenesDataset) -> str | None:
+    """The validation split of splits.json (a name ending in "val"), else None (every scene)."""
+    vals = sorted(s for s in reader.splits if s.endswith("val"))
+    return vals[0] if vals else None
+
+
+def check_split(reader: NuScenesDataset, split: str | None) -> None:
+    """Raise :class:`EvalError` naming ``split`` when splits.json does not define it."""
+    if split is not None and split not in reader.splits:
+        raise EvalError(f"{reader.root}: unknown split {split!r} (splits.json defines: "
+                        f"{', '.join(sorted(reader.splits)) or 'none'})")
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def run_model(model: torch.nn.Module, dataset: MultiCamDataset, clips: list[list[int]], batch_size: int = 1,
+              device: str | torch.device | None = None, reset_state: bool = False,
+              num_workers: int = 0) -> Iterator[tuple[MultiCamBatch, dict[str, torch.Tensor]]]:
+    """Run ``model`` over ``clips`` (dataset positions, each in time order) with the video state carried.
+
+    Yields (batch on the CPU, outputs on the CPU) in order. Batch t of a group holds frame t of up to
+    ``batch_size`` clips of equal length; the state of a slot is zeroed where ``is_first`` is set (and
+    at every frame with ``reset_state``, which turns the video module's memory off).
+    """
+    from torch.utils.data import DataLoader
+
+    dev = _device(device)
+    sampler = ClipBatchSampler(clips, batch_size, clip_length=None, shuffle=False, drop_last=False)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_frames, num_workers=num_workers)
+    was_training = model.training
+    model.eval()
+    state: torch.Tensor | None = None
+    try:
+        for batch in loader:
+            B = len(batch)
+            gpu = batch.to(dev)
+            if state is None or state.shape[0] != B:
+                state = model.initial_state(B, dev)
+            keep = (~gpu.is_first.bool()).to(state.dtype).view(B, 1, 1, 1)
+            if reset_state:
+                keep = torch.zeros_like(keep)
+            out = model(gpu.images, gpu.K, gpu.ego_T_cam, gpu.cam_valid, state * keep, gpu.prev_T_curr, gpu.dt)
+            state = out["state"].float()
+            yield batch, {k: v.detach().float().cpu() for k, v in out.items()}
+    finally:
+        model.train(was_training)
+
+
+def decode_outputs(codec: BoxCodec, out: dict[str, torch.Tensor], score_threshold: float = 0.1,
+                   max_detections: int = 500) -> list[DecodedBoxes]:
+    """Boxes (ego frame) of each frame of a batch of model outputs."""
+    heat = torch.sigmoid(out["heatmap"]).numpy()
+    return codec.decode_batch(heat, out["regression"].numpy(), score_threshold, max_detections)
+
+
+def _nan_to_none(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+def _scores(m: DetectionMetrics) -> dict[str, Any]:
+    return {**m.summary(), "samples": m.num_samples}
+
+
+def _fmt(v: float | None, width: int = 7) -> str:
+    return f"{'n/a':>{width}}" if v is None or not math.isfinite(v) else f"{v:>{width}.3f}"
+
+
+def evaluate_model(model: torch.nn.Module, preset: Preset, data: str | Path | NuScenesDataset | MultiCamDataset,
+                   split: str | None = None, *, out: str | Path | None = None, batch_size: int = 1,
+                   device: str | torch.device | None = None, num_workers: int = 0, score_threshold: float = 0.1,
+                   reset_state: bool = False, meta: dict[str, Any] | None = None,
+                   print_fn: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Evaluate an in-memory model on ``split`` of ``data`` (a path, a reader or a MultiCamDataset,
+    whose own split is then used); writes the files to ``out`` when given. Returns the report dict."""
+    if isinstance(data, MultiCamDataset):
+        dataset = data
+        split = dataset.config.split
+    else:
+        reader = data if isinstance(data, NuScenesDataset) else load_dataset(data)
+        check_split(reader, split)
+        dataset = MultiCamDataset(reader, preset, DatasetConfig(split=split))
+    reader = dataset.reader
+    if len(dataset) == 0:
+        raise EvalError(f"{reader.root}: split {split!r} has no samples")
+    codec = BoxCodec.from_preset(preset)
+    classes = codec.classes
+    seg_classes = tuple(preset.tasks.seg_classes)
+    configs = {"full": DetectionConfig.cvpr_2019(), "capped": range_capped_to_grid(DetectionConfig.cvpr_2019(), preset.bev)}
+    conditions = {sc.token: parse_conditions(sc.description) for sc in dataset.scenes}
+    groups = ("all",) + EVAL_CONDITIONS
+    ious = {g: BEVIoU(seg_classes) for g in groups}
+    per_sample: list[tuple[str, str, EvalBoxes, EvalBoxes]] = []  # (token, scene token, gt, pred)
+    predictions: dict[str, EvalBoxes] = {}
+
+    for batch, outputs in run_model(model, dataset, dataset.clips(), batch_size, device, reset_state, num_workers):
+        decoded = decode_outputs(codec, outputs, score_threshold, configs["full"].max_boxes_per_sample)
+        seg_prob = torch.sigmoid(outputs["seg"]).numpy()
+        seg_gt, seg_valid = batch.seg.numpy(), batch.seg_valid.numpy()
+        for b, boxes in enumerate(decoded):
+            sample = reader.samples[int(batch.sample_index[b])]
+            if not np.allclose(batch.aug_T_ego[b].numpy(), np.eye(4), atol=1e-6):
+                raise EvalError("evaluation needs frames without BEV augmentation (DatasetConfig.augment)")
+            pred = EvalBoxes.from_decoded(boxes, classes)
+            predictions[sample.token] = pred
+            per_sample.append((sample.token, sample.scene_token, ground_truth(reader, sample), pred))
+            for g in groups:
+                if g == "all" or g in conditions[sample.scene_token]:
+                    ious[g].update(seg_prob[b], seg_gt[b], seg_valid[b])
+
+    # Detection metrics: everything, then each condition, for the benchmark's ranges and the capped ones.
+    metrics: dict[tuple[str, str], DetectionMetrics] = {}
+    group_scenes = {g: sorted({s for _, s, _, _ in per_sample if g == "all" or g in conditions[s]}) for g in groups}
+    for g in groups:
+        if not group_scenes[g]:
+            continue
+        for name, cfg in configs.items():
+            ev = DetectionEvaluator(cfg)
+            for token, scene, gt, pred in per_sample:
+                if g == "all" or g in conditions[scene]:
+                    ev.add_sample(token, gt, pred)
+            metrics[(g, name)] = ev.compute()
+
+    full, capped = metrics[("all", "full")], metrics[("all", "capped")]
+    submission_meta = results_meta()
+    submission = results_json(predictions, reader, submission_meta)
+    report: dict[str, Any] = {
+        **(meta or {}), "split": split, "dataset": str(reader.root), "samples": len(per_sample), "scenes": len(dataset.scenes),
+        "video_state": "reset every frame" if reset_state else "carried",
+        "detection": full.to_devkit_json(submission_meta),
+        "detection_capped": capped.to_devkit_json(submission_meta),
+        "bev_iou": ious["all"].compute(),
+        "conditions": {},
+        "rare_classes": {},
+    }
+    for g in EVAL_CONDITIONS:
+        entry: dict[str, Any] = {"scenes": len(group_scenes[g]), "samples": 0}
+        if group_scenes[g]:
+            entry.update(samples=metrics[(g, "full")].num_samples, detection=_scores(metrics[(g, "full")]),
+                         detection_capped=_scores(metrics[(g, "capped")]), bev_iou=ious[g].compute())
+        report["conditions"][g] = entry
+    for c in RARE_CLASSES:
+        if c not in full.label_aps:
+            continue
+        report["rare_classes"][c] = {
+            name: {"num_gt": m.num_gt[c], "num_pred": m.num_pred[c], "AP": m.mean_dist_aps[c],
+                   **{TP_METRIC_NAMES[k][1:]: v for k, v in m.label_tp_errors[c].items()}}
+            for name, m in (("full", full), ("capped", capped))
+        }
+    text = format_report(report, full, capped)
+    report["table"] = text
+    if print_fn is not None:
+        print_fn(text)
+    if out is not None:
+        report["files"] = write_outputs(Path(out), submission, full, capped, report)
+    return report
+
+
+def results_meta() -> dict[str, bool]:
+    """The submission's meta: a camera-only detector."""
+    return {"use_camera": True, "use_lidar": False, "use_radar": False, "use_map": False, "use_external": False}
+
+
+def write_outputs(out: Path, submission: dict[str, Any], full: DetectionMetrics, capped: DetectionMetrics,
+                  report: dict[str, Any]) -> dict[str, str]:
+    """Write the results JSON, metrics_summary.json (devkit layout), its capped twin, the details,
+    the full report and the printed tables. Returns name -> path."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "results": out / "results_nusc.json",
+        "metrics_summary": out / "metrics_summary.json",
+        "metrics_summary_capped": out / "metrics_summary_capped.json",
+        "metrics_details": out / "metrics_details.json",
+        "report": out / "eval_report.json",
+        "table": out / "eval_report.txt",
+    }
+    files["results"].write_text(json.dumps(submission))
+    files["metrics_summary"].write_text(json.dumps(report["detection"], indent=2))  # NaN as the devkit writes it
+    files["metrics_summary_capped"].write_text(json.dumps(report["detection_capped"], indent=2))
+    files["metrics_details"].write_text(json.dumps(full.to_devkit_details_json()))
+    paths = {k: str(v) for k, v in files.items()}
+    files["report"].write_text(json.dumps(_nan_to_none({**report, "files": paths}), indent=2))
+    files["table"].write_text(report["table"] + "\n")
+    return paths
+
+
+def format_report(report: dict[str, Any], full: DetectionMetrics, capped: DetectionMetrics) -> str:
+    """The printed report: per-class tables (benchmark ranges, then capped), BEV IoU, conditions, rare classes."""
+    lines = [(f"split {report['split'] or '(all scenes)'}: {report['scenes']} scenes, {report['samples']} samples, "
+              f"video state {report['video_state']}"), "", full.summary_table(), "",
+             f"RANGE-CAPPED to the BEV grid (not the benchmark's numbers): {capped.config.name}",
+             capped.summary_table(), "", "BEV segmentation IoU (sigmoid > 0.5; n/a: no ground truth source)"]
+    lines += [f"  {c:<16}{_fmt(v)}" for c, v in report["bev_iou"].items()]
+    seg = list(report["bev_iou"])
+    head = f"{'condition':<10}{'scenes':>7}{'samples':>8}{'mAP':>7}{'NDS':>7}" + "".join(
+        f"{n:>7}" for n in ("mATE", "mASE", "mAOE", "mAVE", "mAAE")) + f"{'mAP*':>7}{'NDS*':>7}" + "".join(
+        f"{c[:9]:>10}" for c in seg)
+    lines += ["", "Per scene condition (* = range-capped; last columns: BEV IoU)", head]
+    for g, e in report["conditions"].items():
+        if not e["samples"]:
+            lines.append(f"{g:<10}{e['scenes']:>7}{0:>8}  (no scenes)")
+            continue
+        d, dc = e["detection"], e["detection_capped"]
+        lines.append(f"{g:<10}{e['scenes']:>7}{e['samples']:>8}{_fmt(d['mAP'])}{_fmt(d['NDS'])}" + "".join(
+            _fmt(d[k]) for k in ("mATE", "mASE", "mAOE", "mAVE", "mAAE")) + f"{_fmt(dc['mAP'])}{_fmt(dc['NDS'])}"
+            + "".join(_fmt(e["bev_iou"][c], 10) for c in seg))
+    lines += ["", "Rare classes", f"{'class':<22}{'ranges':<8}{'GT':>6}{'pred':>6}{'AP':>7}" + "".join(
+        f"{n:>7}" for n in ("ATE", "ASE", "AOE", "AVE", "AAE"))]
+    for c, by_cfg in report["rare_classes"].items():
+        for name, r in by_cfg.items():
+            lines.append(f"{c:<22}{name:<8}{r['num_gt']:>6}{r['num_pred']:>6}{_fmt(r['AP'])}" + "".join(
+                _fmt(r[k]) for k in ("ATE", "ASE", "AOE", "AVE", "AAE")))
+    return "\n".join(lines)
+
+
+def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None,
+             batch_size: int = 1, *, device: str | None = None, num_workers: int = 0, use_ema: bool = True,
+             reset_state: bool = False, print_fn: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """`perception eval`: load the checkpoint and the dataset, evaluate ``split`` (default: the
+    dataset's val split, or every scene), write the outputs to ``out`` (default runs/eval/<name>)."""
+    from .training.checkpoint import load_model_from_checkpoint
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise EvalError(f"{checkpoint}: checkpoint file missing")
+    reader = load_dataset(data)
+    split = default_split(reader) if split is None else split
+    check_split(reader, split)
+    model, preset, _ = load_model_from_checkpoint(checkpoint, ema=use_ema)
+    dev = _device(device)
+    model.to(dev)
+    if out is None:
+        out = Path("runs/eval") / f"{checkpoint.resolve().parent.name}-{checkpoint.stem}-{split or 'all'}"
+    meta = {"checkpoint": str(checkpoint)}
+    report = evaluate_model(model, preset, reader, split, out=out, batch_size=batch_size, device=dev,
+                            num_workers=num_workers, reset_state=reset_state, meta=meta, print_fn=print_fn)
+    return report
