@@ -144,8 +144,8 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
                                    {"params": no_decay + list(criterion.parameters()), "weight_decay": 0.0}], lr=tc.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.steps, tc.min_lr_ratio))
-    ema = torch.optim.swa_utils.AveragedModel(raw, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(tc.ema_decay),
-                                              use_buffers=True) if tc.ema_decay > 0 else None
+    ema = torch.optim.swa_utils.AveragedModel(raw, avg_fn=_ema_avg(tc.ema_decay), use_buffers=True) \
+        if tc.ema_decay > 0 else None
     use_bf16 = tc.amp == "bf16" or (tc.amp == "auto" and device.type == "cuda")
 
     step, epoch, position = 0, 0, 0
@@ -282,6 +282,18 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
         break
     _finish(writer, d, raw, run_dir)
     return run_dir
+
+
+def _ema_avg(decay: float) -> Any:
+    """EMA update with a warm-up of the decay, min(decay, (1 + n) / (10 + n)) after n updates, so
+    that a short run's EMA is not dominated by the initial weights."""
+
+    def avg(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        return averaged * d + current * (1.0 - d)
+
+    return avg
 
 
 def _ema_weights(ema: Any) -> dict[str, torch.Tensor] | None:
