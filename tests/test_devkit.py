@@ -104,7 +104,13 @@ def devkit_python() -> Path:
 
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synth")
+    root = render_devkit_world(tmp_path_factory.mktemp("synth"))
+    assert (root / VERSION / "splits.json").is_file(), f"no {VERSION}/splits.json under {root}"
+    return root
+
+
+def render_devkit_world(root: Path) -> Path:
+    """Run `data-engine synth` with :func:`synth_args` into ``root`` (shared by the metrics test)."""
     a = synth_args()
     cmd = _data_engine_command() + [
         "synth", "--out", str(root), "--scenes", str(a["scenes"]), "--frames", str(a["frames"]),
@@ -115,7 +121,6 @@ def synth_root(tmp_path_factory) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     print(f"synth wrote {root} in {time.monotonic() - start:.1f} s")
-    assert (root / VERSION / "splits.json").is_file(), f"no {VERSION}/splits.json under {root}"
     return root
 
 

@@ -31,7 +31,7 @@ from perception.metrics.nuscenes_io import evaluate_split, ground_truth, results
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from devkit_env import devkit_environ, ensure_devkit_python  # noqa: E402
-from test_devkit import _data_engine_command, synth_args  # noqa: E402  (the dataset of the devkit test)
+from test_devkit import render_devkit_world  # noqa: E402  (the dataset of the devkit test)
 
 pytestmark = pytest.mark.slow
 
@@ -108,17 +108,7 @@ def devkit_python() -> Path:
 def dataset(tmp_path_factory):
     from perception.data.nuscenes import load_dataset
 
-    root = tmp_path_factory.mktemp("synth")
-    a = synth_args()
-    cmd = _data_engine_command() + [
-        "synth", "--out", str(root), "--scenes", str(a["scenes"]), "--frames", str(a["frames"]),
-        "--seed", str(a["seed"]), "--width", str(a["width"]), "--height", str(a["height"]),
-        "--workers", str(a["workers"]),
-    ]  # fmt: skip
-    start = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    print(f"synth wrote {root} in {time.monotonic() - start:.1f} s")
+    root = render_devkit_world(tmp_path_factory.mktemp("synth"))
     return load_dataset(root, VERSION)
 
 
