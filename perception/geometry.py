@@ -140,16 +140,13 @@ def invert_transform(dst_T_src: np.ndarray) -> np.ndarray:
 
 
 def transform_points(dst_T_src: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply a 4x4 transform to points [..., 3] (the transform broadcasts over leading dims)."""
+    """Apply a 4x4 transform to points [..., 3] (the transform broadcasts over leading dims; a single
+    4x4 is one matmul over all points)."""
     dst_T_src = np.asarray(dst_T_src, dtype=np.float64)
     points = np.asarray(points, dtype=np.float64)
+    if dst_T_src.ndim == 2:
+        return points @ dst_T_src[:3, :3].T + dst_T_src[:3, 3]
     return np.einsum("...ij,...j->...i", dst_T_src[..., :3, :3], points) + dst_T_src[..., :3, 3]
-
-
-def transform_points_batch(dst_T_src: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply one 4x4 transform to many points: [4, 4] x [M, 3] -> [M, 3] (a matmul, fast)."""
-    dst_T_src = np.asarray(dst_T_src, dtype=np.float64)
-    return np.asarray(points, dtype=np.float64) @ dst_T_src[:3, :3].T + dst_T_src[:3, 3]
 
 
 def transform_vectors(dst_T_src: np.ndarray, vectors: np.ndarray) -> np.ndarray:
@@ -400,6 +397,13 @@ class BEVGrid:
     def ego_T_bev(self) -> np.ndarray:
         """Inverse of :attr:`bev_T_ego`."""
         return invert_transform(self.bev_T_ego)
+
+    @property
+    def cv_T_ego(self) -> np.ndarray:
+        """3x3 mapping ego (x, y, 1) to cv2 pixel coordinates (u = column, v = row, 1) of an [X, Y]
+        raster laid out on the grid (cv2 puts pixel centres at integers: u = col - 0.5, v = row - 0.5)."""
+        r = 1.0 / self.resolution
+        return np.array([[0.0, r, -self.y_min * r - 0.5], [r, 0.0, -self.x_min * r - 0.5], [0.0, 0.0, 1.0]])
 
     def cell_centers(self) -> np.ndarray:
         """Ego-frame (x, y) of every cell centre: [X, Y, 2]."""

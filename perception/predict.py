@@ -20,7 +20,7 @@ import numpy as np
 
 from .boxes import DecodedBoxes
 from .data.schema import DETECTION_CLASSES
-from .geometry import BEVGrid
+from .geometry import BEVGrid, invert_3x3
 from .vis import BEVView, BoxLayer, compose_sample_view, draw_bev, draw_boxes_on_image
 
 __all__ = ["SEG_COLORS", "PredictError", "PredictOutput", "bev_panel", "predict", "seg_overlay"]
@@ -73,12 +73,7 @@ def seg_overlay(image: np.ndarray, view: BEVView, grid: BEVGrid, masks: np.ndarr
     """``image`` (the BEV picture of ``view``) with the BEV masks [S, X, Y] (bool, on ``grid``) blended in,
     classes in order (later ones on top); classes with ``valid`` False are skipped."""
     out = image.copy()
-    res = grid.resolution
-    # Grid cell (i, j) has its centre at x = x_min + (i + .5) res, y = y_min + (j + .5) res; in the
-    # mask image, column = j and row = i (pixel centres at integers).
-    ego_to_mask = np.array([[0.0, 1.0 / res, -grid.y_min / res - 0.5], [1.0 / res, 0.0, -grid.x_min / res - 0.5],
-                            [0.0, 0.0, 1.0]])
-    mask_T_img = ego_to_mask @ np.linalg.inv(view.img_T_ego)
+    mask_T_img = grid.cv_T_ego @ invert_3x3(view.img_T_ego)
     H, W = view.shape
     for s, name in enumerate(classes):
         if valid is not None and not valid[s]:

@@ -141,7 +141,7 @@ def test_transform_points_and_vectors(rng):
     T = g.make_transform(R, t)
     pts = rng.normal(size=(7, 3))
     np.testing.assert_allclose(g.transform_points(T, pts), pts @ R.T + t, atol=1e-12)
-    np.testing.assert_allclose(g.transform_points_batch(T, pts), pts @ R.T + t, atol=1e-12)
+    np.testing.assert_allclose(g.transform_points(np.broadcast_to(T, (7, 4, 4)), pts), pts @ R.T + t, atol=1e-12)
     # Vectors ignore the translation.
     np.testing.assert_allclose(g.transform_vectors(T, pts), pts @ R.T, atol=1e-12)
     # Composition reads right to left: a_T_c = a_T_b @ b_T_c.

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from perception.geometry import invert_rigid, transform_points_batch
+from perception.geometry import invert_rigid, transform_points
 
 from .mesh_builder import Mesh
 
@@ -157,6 +157,6 @@ def cast(
     pts_global = origin + dirs[valid] * t[:, None]
     ids = hit_id[valid]
     intensity = np.where(ids >= 0, rng.uniform(5, 80, size=len(ids)), ground_intensity + rng.uniform(-4, 4, size=len(ids)))
-    pts_lidar = transform_points_batch(invert_rigid(global_T_lidar), pts_global)
+    pts_lidar = transform_points(invert_rigid(global_T_lidar), pts_global)
     out = np.concatenate([pts_lidar, intensity[:, None], _RINGS[valid][:, None]], axis=1).astype(np.float32)
     return out, ids

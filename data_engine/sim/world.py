@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from perception.data.schema import CAMERA_NAMES, visibility_token
-from perception.geometry import invert_rigid, make_transform, rotz
+from perception.geometry import invert_intrinsics, invert_rigid, make_transform, rotz
 
 from . import effects, lidar
 from .actors import Actor, Motion
@@ -142,7 +142,7 @@ class SceneWorld:
         for cam in rig.cameras:
             cols, rows = np.meshgrid(np.arange(cam.width, dtype=np.float32), np.arange(cam.height, dtype=np.float32))
             pix = np.stack([cols, rows, np.ones_like(cols)], -1)
-            self._rays[cam.name] = (pix @ np.linalg.inv(cam.K).T.astype(np.float32)) @ cam.ego_T_cam[:3, :3].T.astype(np.float32)
+            self._rays[cam.name] = (pix @ invert_intrinsics(cam.K).T.astype(np.float32)) @ cam.ego_T_cam[:3, :3].T.astype(np.float32)
 
     def lane_dividers(self) -> np.ndarray:
         return lane_divider_mask(self.layout)

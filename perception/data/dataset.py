@@ -72,6 +72,8 @@ class MultiCamDataset(Dataset):
         self.scene_ids = {sc.token: i for i, sc in enumerate(self.reader.scenes)}
         self.scenes = list(scenes)
         self.epoch = 0
+        classes = preset.tasks.det_classes  # DETECTION_CLASSES index -> preset class index, -1 last
+        self._label_lut = np.array([classes.index(c) if c in classes else -1 for c in DETECTION_CLASSES] + [-1], np.int64)
         self._lanes: dict[str, MapMask | None] = {}  # map token -> lane-divider raster (read once)
 
     def __len__(self) -> int:
@@ -203,9 +205,7 @@ class MultiCamDataset(Dataset):
 
     def _det_label(self, label: np.ndarray) -> np.ndarray:
         """Map DETECTION_CLASSES indices to the preset's class order (-1 when not detected)."""
-        classes = self.preset.tasks.det_classes
-        lut = np.array([classes.index(c) if c in classes else -1 for c in DETECTION_CLASSES] + [-1], np.int64)
-        return lut[np.where(label >= 0, label, len(DETECTION_CLASSES))]
+        return self._label_lut[np.where(label >= 0, label, len(DETECTION_CLASSES))]
 
 
 def _sparse_depth(points_ego: np.ndarray, K: np.ndarray, ego_T_cam: np.ndarray, H: int, W: int) -> np.ndarray:

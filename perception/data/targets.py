@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..geometry import BEVGrid, box_corners, invert_transform
+from ..geometry import BEVGrid, box_corners, invert_3x3, invert_transform, points_in_boxes
 from ..presets import SEG_PEDESTRIAN_PREFIX, SEG_VEHICLE_PREFIX
 from .sensor_files import MapMask, read_map_mask
 
@@ -35,12 +35,6 @@ def read_lane_dividers(map_mask: MapMask) -> MapMask | None:
     return read_map_mask(map_mask.token, path, map_mask.resolution)
 
 
-def _cv_T_bev() -> np.ndarray:
-    """3x3 from continuous cell coordinates (row, col) to cv2 pixel coordinates (u=col, v=row),
-    with cv2's integer pixel centres: u = col - 0.5, v = row - 0.5."""
-    return np.array([[0.0, 1.0, -0.5], [1.0, 0.0, -0.5], [0.0, 0.0, 1.0]])
-
-
 def _planar(T: np.ndarray) -> np.ndarray:
     """The x-y part of a 4x4 transform that keeps z separate: [[a, b, tx], [c, d, ty], [0, 0, 1]]."""
     return np.array([[T[0, 0], T[0, 1], T[0, 3]], [T[1, 0], T[1, 1], T[1, 3]], [0.0, 0.0, 1.0]])
@@ -54,9 +48,7 @@ def map_to_bev(raster: MapMask, grid: BEVGrid, global_T_ego: np.ndarray) -> np.n
     """
     X, Y = grid.shape
     # cv2 dst pixel (u, v) -> bev cell -> ego -> global -> map pixel.
-    mappix_T_cv = (
-        _planar(raster.pix_T_global) @ _planar(global_T_ego) @ _planar(grid.ego_T_bev) @ np.linalg.inv(_cv_T_bev())
-    )
+    mappix_T_cv = _planar(raster.pix_T_global) @ _planar(global_T_ego) @ invert_3x3(grid.cv_T_ego)
     out = cv2.warpAffine(raster.mask, mappix_T_cv[:2], (Y, X), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return (out > 0).astype(np.uint8)  # threshold the small output, never the whole map
@@ -71,20 +63,16 @@ def boxes_to_bev(grid: BEVGrid, center: np.ndarray, size: np.ndarray, yaw: np.nd
         return out
     corners = box_corners(center, size, yaw)[:, :4, :2]  # bottom face [B, 4, 2], ego x, y
     cells = grid.to_cells(corners)  # continuous (row, col)
-    res = grid.resolution
+    centres = grid.cell_centers()  # [X, Y, 2]
     for b in range(len(center)):
         lo = np.maximum(np.floor(cells[b].min(axis=0)).astype(int), 0)
         hi = np.minimum(np.ceil(cells[b].max(axis=0)).astype(int), [X, Y])
         if np.any(hi <= lo):
             continue
-        rows = np.arange(lo[0], hi[0])
-        cols = np.arange(lo[1], hi[1])
-        x = grid.x_min + (rows[:, None] + 0.5) * res - center[b, 0]
-        y = grid.y_min + (cols[None, :] + 0.5) * res - center[b, 1]
-        c, s = np.cos(yaw[b]), np.sin(yaw[b])
-        along, across = c * x + s * y, -s * x + c * y
-        inside = (np.abs(along) <= size[b, 1] / 2) & (np.abs(across) <= size[b, 0] / 2)
-        out[lo[0]:hi[0], lo[1]:hi[1]] |= inside.astype(np.uint8)
+        xy = centres[lo[0]:hi[0], lo[1]:hi[1]].reshape(-1, 2)
+        pts = np.concatenate([xy, np.full((len(xy), 1), center[b, 2])], axis=1)  # at the box's height
+        inside = points_in_boxes(pts, center[b], size[b], yaw[b])[0]
+        out[lo[0]:hi[0], lo[1]:hi[1]] |= inside.reshape(hi[0] - lo[0], hi[1] - lo[1]).astype(np.uint8)
     return out
 
 
