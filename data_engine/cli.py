@@ -64,5 +64,101 @@ def synth(
     print_summary(summary)
 
 
+CATALOG_HELP = "The frame catalog (SQLite); created when missing."
+
+
+@app.command()
+def index(
+    dataset: Path = typer.Argument(..., help="A nuScenes-format dataset root."),
+    catalog: Path = typer.Option(Path("catalog.db"), "--catalog", help=CATALOG_HELP),
+    unlabeled: bool = typer.Option(False, "--unlabeled", help="Register the frames as an unlabeled pool."),
+) -> None:
+    """Register a dataset's frames in the catalog (idempotent)."""
+    from data_engine.catalog import Catalog, CatalogError
+    from perception.data.nuscenes import DatasetError
+
+    try:
+        with Catalog.open(catalog) as cat:
+            counts = cat.index_dataset(dataset, unlabeled=unlabeled)
+    except (CatalogError, DatasetError) as exc:
+        raise _fail(str(exc)) from None
+    kind = "unlabeled" if unlabeled else "labeled"
+    typer.echo(f"{dataset}: {counts['added']} new {kind} frames ({counts['frames']} in the catalog) -> {catalog}")
+
+
+@app.command()
+def status(
+    catalog: Path = typer.Option(Path("catalog.db"), "--catalog", help="The frame catalog (SQLite)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Counts of frames per label state and dataset, mining runs, label batches and dataset versions."""
+    import json
+
+    from data_engine.catalog import Catalog, CatalogError
+
+    try:
+        with Catalog.open(catalog, create=False) as cat:
+            st = cat.status()
+    except CatalogError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(st, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"{st['catalog']} (schema {st['schema_version']}): {st['frames']} frames, "
+                  + ", ".join(f"{k} {v}" for k, v in st["label_states"].items()))
+    t = Table("dataset", "kind", "frames", "states")
+    for d in st["datasets"]:
+        t.add_row(d["root"], "labeled" if d["labeled"] else "pool", str(d["frames"]),
+                  ", ".join(f"{k} {v}" for k, v in d["states"].items()))
+    console.print(t)
+    if st["mining_runs"]:
+        t = Table("mining run", "status", "strategies", "budget", "scored", "failed", "selected")
+        for r in st["mining_runs"]:
+            t.add_row(r["name"], r["status"], ",".join(r["strategies"]), str(r["budget"]), str(r["scored"]),
+                      str(r["failed"]), str(r["selected"]))
+        console.print(t)
+    console.print(f"label batches: {st['label_batches']}; dataset versions: "
+                  + (", ".join(f"{v['name']} ({v['frames']} frames)" for v in st["dataset_versions"]) or "none"))
+
+
+@app.command()
+def query(
+    catalog: Path = typer.Option(Path("catalog.db"), "--catalog", help="The frame catalog (SQLite)."),
+    state: str = typer.Option(None, "--state", help="Label state: unlabeled, queued or labeled."),
+    condition: str = typer.Option(None, "--condition", help="Scene condition: day, dusk, night, rain, fog, ..."),
+    class_name: str = typer.Option(None, "--class", help="A labeled class (trailer) or category prefix (vehicle.)."),
+    scene: str = typer.Option(None, "--scene", help="Scene name or token."),
+    run: str = typer.Option(None, "--run", help="Mining run whose scores to filter on."),
+    strategy: str = typer.Option(None, "--strategy", help="Score of this strategy (with --run)."),
+    min_score: float = typer.Option(None, "--min-score", help="At least this score (with --run)."),
+    limit: int = typer.Option(None, "--limit", min=1, help="At most this many frames."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """List frames by metadata, condition, class, score and label state."""
+    import json
+    from dataclasses import asdict
+
+    from data_engine.catalog import Catalog, CatalogError
+
+    try:
+        with Catalog.open(catalog, create=False) as cat:
+            rows = cat.query(label_state=state, condition=condition, has_class=class_name, scene=scene, run=run,
+                             strategy=strategy, min_score=min_score, limit=limit)
+    except CatalogError as exc:
+        raise _fail(str(exc)) from None
+    for r in rows:
+        if as_json:
+            typer.echo(json.dumps(asdict(r)))
+        else:
+            typer.echo(f"{r.sample_token}  {r.scene_name}#{r.frame_index:<3} {r.label_state:<9} "
+                       f"{','.join(r.conditions) or '-':<12} {r.dataset_root}")
+    if not as_json:
+        typer.echo(f"{len(rows)} frames")
+
+
 if __name__ == "__main__":
     app()

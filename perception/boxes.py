@@ -37,6 +37,7 @@ __all__ = [
     "DetectionTargets",
     "gather_regression",
     "gaussian_radius",
+    "sigmoid",
 ]
 
 # Channel order of the regression head, targets and losses (the model head and losses read this).
@@ -115,6 +116,12 @@ class DetectionTargets:
     @property
     def num_objects(self) -> int:
         return int(self.mask.sum())
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Logits -> probabilities, elementwise, without overflow (float32 in, float32 out)."""
+    x = np.asarray(logits)
+    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(x.dtype if x.dtype.kind == "f" else np.float32, copy=False)
 
 
 @dataclass(frozen=True, eq=False)

@@ -97,5 +97,70 @@ def predict(
                + (f" and {result.video}" if result.video else ""))
 
 
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint written by `perception train`."),
+    out: Path = typer.Option(None, "--out", help="Output directory (default runs/export/<run name>)."),
+    precision: str = typer.Option("fp32", "--precision", help="Comma-separated: fp32, fp16, int8."),
+    calib_data: Path = typer.Option(None, "--calib-data", help="A nuScenes-format dataset: INT8 calibration "
+                                    "frames (train split), parity frames and accuracy (val split), the fixed rig."),
+    calib_frames: int = typer.Option(32, "--calib-frames", min=1, help="Train-split frames to calibrate INT8 on."),
+    static: bool = typer.Option(False, "--static", help="Static shapes (batch 1) for runtimes that need them."),
+    fixed_rig: bool = typer.Option(False, "--fixed-rig", help="Fold the dataset's rig into constants (faster; "
+                                   "the model then runs only on that rig)."),
+    train_split: str = typer.Option(None, "--train-split", help="Calibration split (default: the checkpoint's)."),
+    val_split: str = typer.Option(None, "--val-split", help="Accuracy split (default: the checkpoint's val split)."),
+    no_eval: bool = typer.Option(False, "--no-eval", help="Skip the accuracy of each precision on the val split."),
+    threads: int = typer.Option(None, "--threads", min=1, help="onnxruntime threads for parity and accuracy."),
+) -> None:
+    """Export a checkpoint to ONNX (one file per precision) with metadata, a parity report against
+    PyTorch, an INT8 sensitivity report and each precision's accuracy: export_report.json."""
+    from perception.data.nuscenes_tables import DatasetError
+    from perception.training.checkpoint import CheckpointError
+
+    from export.exporter import ExportError, export_checkpoint
+
+    precisions = [p.strip() for p in precision.split(",") if p.strip()]
+    try:
+        export_checkpoint(checkpoint, out, precisions, calib_data, calib_frames, static=static, fixed_rig=fixed_rig,
+                          train_split=train_split, val_split=val_split, evaluate=not no_eval, threads=threads,
+                          log=typer.echo)
+    except (ExportError, CheckpointError, DatasetError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+
+
+@app.command("bench")
+def bench_cmd(
+    model: list[Path] = typer.Option(..., "--model", help="An exported .onnx; repeat for several (fp32, fp16, int8)."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="Also time the PyTorch model of this checkpoint "
+                                    "(needs torch; the ONNX rows never import it)."),
+    data: Path = typer.Option(None, "--data", help="Take the frames (JPEG bytes and rig) from a scene of this "
+                              "dataset; default: noise JPEGs on a stand-in rig."),
+    threads: int = typer.Option(2, "--threads", min=1, help="Threads per row (onnxruntime intra-op, torch)."),
+    runs: int = typer.Option(50, "--runs", min=1, help="Frames timed per row, after the warm-up."),
+    warmup: int = typer.Option(5, "--warmup", min=0, help="Frames run before timing."),
+    json_out: Path = typer.Option(None, "--json", help="Write the report as JSON here."),
+) -> None:
+    """Per-stage latency (JPEG decode, preprocess, inference, decode) as p50/p90/p99, end-to-end frames
+    per second for one stream, and peak resident memory, one row per model, side by side."""
+    import json
+
+    from perception.data.nuscenes_tables import DatasetError
+
+    from export.bench import bench
+    from export.runtime import MetadataError, RuntimeInputError
+
+    try:
+        report = bench(model, checkpoint, data, threads=threads, runs=runs, warmup=warmup, log=typer.echo)
+    except (FileNotFoundError, MetadataError, RuntimeInputError, DatasetError, ValueError, RuntimeError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2))
+        typer.echo(f"wrote {json_out}")
+
+
 if __name__ == "__main__":
     app()

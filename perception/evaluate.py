@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .boxes import BoxCodec, DecodedBoxes
+from .boxes import BoxCodec, DecodedBoxes, sigmoid
 from .data.batch import MultiCamBatch, collate_frames
 from .data.dataset import DatasetConfig, MultiCamDataset
 from .data.nuscenes import NuScenesDataset, load_dataset
@@ -45,8 +45,8 @@ from .metrics.detection import TP_METRIC_NAMES
 from .metrics.nuscenes_io import ground_truth, results_json
 from .presets import Preset
 
-__all__ = ["EVAL_CONDITIONS", "RARE_CLASSES", "EvalError", "default_split", "evaluate", "evaluate_model",
-           "run_model"]
+__all__ = ["EVAL_CONDITIONS", "RARE_CLASSES", "EvalError", "decode_outputs", "default_split", "eval_dataset", "evaluate",
+           "evaluate_model", "evaluate_outputs", "nan_to_none", "run_model"]
 
 EVAL_CONDITIONS: tuple[str, ...] = ("day", "dusk", "night", "rain", "fog")  # reported per condition
 RARE_CLASSES: tuple[str, ...] = ("construction_vehicle", "trailer")  # the long tail, reported apart
@@ -58,8 +58,7 @@ class EvalError(ValueError):
 
 def default_split(reader: NuScenesDataset) -> str | None:
     """The validation split of splits.json (a name ending in "val"), else None (every scene)."""
-    vals = sorted(s for s in reader.splits if s.endswith("val"))
-    return vals[0] if vals else None
+    return reader.val_split
 
 
 def check_split(reader: NuScenesDataset, split: str | None) -> None:
@@ -109,20 +108,21 @@ def run_model(model: torch.nn.Module, dataset: MultiCamDataset, clips: list[list
         model.train(was_training)
 
 
-def decode_outputs(codec: BoxCodec, out: dict[str, torch.Tensor], score_threshold: float = 0.1,
+def decode_outputs(codec: BoxCodec, out: Mapping[str, Any], score_threshold: float = 0.1,
                    max_detections: int = 500) -> list[DecodedBoxes]:
-    """Boxes (ego frame) of each frame of a batch of model outputs."""
-    heat = torch.sigmoid(out["heatmap"]).numpy()
-    return codec.decode_batch(heat, out["regression"].numpy(), score_threshold, max_detections)
+    """Boxes (ego frame) of each frame of a batch of model outputs (numpy arrays or CPU tensors)."""
+    heat = sigmoid(np.asarray(out["heatmap"]))
+    return codec.decode_batch(heat, np.asarray(out["regression"]), score_threshold, max_detections)
 
 
-def _nan_to_none(x: Any) -> Any:
+def nan_to_none(x: Any) -> Any:
+    """x with every non-finite float (in nested dicts and lists) replaced by None: strict JSON."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
+        return {k: nan_to_none(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_nan_to_none(v) for v in x]
+        return [nan_to_none(v) for v in x]
     return x
 
 
@@ -134,6 +134,20 @@ def _fmt(v: float | None, width: int = 7) -> str:
     return f"{'n/a':>{width}}" if v is None or not math.isfinite(v) else f"{v:>{width}.3f}"
 
 
+def eval_dataset(preset: Preset, data: str | Path | NuScenesDataset | MultiCamDataset,
+                 split: str | None = None) -> MultiCamDataset:
+    """The frames to evaluate: ``split`` of ``data`` (a path or a reader), or a MultiCamDataset as given."""
+    if isinstance(data, MultiCamDataset):
+        dataset = data
+    else:
+        reader = data if isinstance(data, NuScenesDataset) else load_dataset(data)
+        check_split(reader, split)
+        dataset = MultiCamDataset(reader, preset, DatasetConfig(split=split))
+    if len(dataset) == 0:
+        raise EvalError(f"{dataset.reader.root}: split {dataset.config.split!r} has no samples")
+    return dataset
+
+
 def evaluate_model(model: torch.nn.Module, preset: Preset, data: str | Path | NuScenesDataset | MultiCamDataset,
                    split: str | None = None, *, out: str | Path | None = None, batch_size: int = 1,
                    device: str | torch.device | None = None, num_workers: int = 0, score_threshold: float = 0.1,
@@ -141,16 +155,26 @@ def evaluate_model(model: torch.nn.Module, preset: Preset, data: str | Path | Nu
                    print_fn: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Evaluate an in-memory model on ``split`` of ``data`` (a path, a reader or a MultiCamDataset,
     whose own split is then used); writes the files to ``out`` when given. Returns the report dict."""
-    if isinstance(data, MultiCamDataset):
-        dataset = data
-        split = dataset.config.split
-    else:
-        reader = data if isinstance(data, NuScenesDataset) else load_dataset(data)
-        check_split(reader, split)
-        dataset = MultiCamDataset(reader, preset, DatasetConfig(split=split))
+    dataset = eval_dataset(preset, data, split)
+    pairs = run_model(model, dataset, dataset.clips(), batch_size, device, reset_state, num_workers)
+    return evaluate_outputs(preset, dataset, pairs, out=out, score_threshold=score_threshold,
+                            video_state="reset every frame" if reset_state else "carried", meta=meta,
+                            print_fn=print_fn)
+
+
+def evaluate_outputs(preset: Preset, dataset: MultiCamDataset,
+                     pairs: Iterable[tuple[MultiCamBatch, Mapping[str, Any]]], *, out: str | Path | None = None,
+                     score_threshold: float = 0.1, video_state: str = "carried",
+                     meta: dict[str, Any] | None = None,
+                     print_fn: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Score a model's outputs over every frame of ``dataset``: the metrics of :func:`evaluate_model`.
+
+    pairs: (batch, outputs) in any order covering the dataset's frames, outputs holding ``heatmap``
+    [B, K, Xd, Yd], ``regression`` [B, 10, Xd, Yd] and ``seg`` [B, S, X, Y] logits as numpy arrays or
+    CPU tensors (a PyTorch model through :func:`run_model`, or an exported one through onnxruntime).
+    """
     reader = dataset.reader
-    if len(dataset) == 0:
-        raise EvalError(f"{reader.root}: split {split!r} has no samples")
+    split = dataset.config.split
     codec = BoxCodec.from_preset(preset)
     classes = codec.classes
     seg_classes = tuple(preset.tasks.seg_classes)
@@ -161,9 +185,9 @@ def evaluate_model(model: torch.nn.Module, preset: Preset, data: str | Path | Nu
     per_sample: list[tuple[str, str, EvalBoxes, EvalBoxes]] = []  # (token, scene token, gt, pred)
     predictions: dict[str, EvalBoxes] = {}
 
-    for batch, outputs in run_model(model, dataset, dataset.clips(), batch_size, device, reset_state, num_workers):
+    for batch, outputs in pairs:
         decoded = decode_outputs(codec, outputs, score_threshold, configs["full"].max_boxes_per_sample)
-        seg_prob = torch.sigmoid(outputs["seg"]).numpy()
+        seg_prob = sigmoid(np.asarray(outputs["seg"]))
         seg_gt, seg_valid = batch.seg.numpy(), batch.seg_valid.numpy()
         for b, boxes in enumerate(decoded):
             sample = reader.samples[int(batch.sample_index[b])]
@@ -194,7 +218,7 @@ def evaluate_model(model: torch.nn.Module, preset: Preset, data: str | Path | Nu
     submission = results_json(predictions, reader, submission_meta)
     report: dict[str, Any] = {
         **(meta or {}), "split": split, "dataset": str(reader.root), "samples": len(per_sample), "scenes": len(dataset.scenes),
-        "video_state": "reset every frame" if reset_state else "carried",
+        "video_state": video_state,
         "detection": full.to_devkit_json(submission_meta),
         "detection_capped": capped.to_devkit_json(submission_meta),
         "bev_iou": ious["all"].compute(),
@@ -247,7 +271,7 @@ def write_outputs(out: Path, submission: dict[str, Any], full: DetectionMetrics,
     files["metrics_summary_capped"].write_text(json.dumps(report["detection_capped"], indent=2))
     files["metrics_details"].write_text(json.dumps(full.to_devkit_details_json()))
     paths = {k: str(v) for k, v in files.items()}
-    files["report"].write_text(json.dumps(_nan_to_none({**report, "files": paths}), indent=2))
+    files["report"].write_text(json.dumps(nan_to_none({**report, "files": paths}), indent=2))
     files["table"].write_text(report["table"] + "\n")
     return paths
 

@@ -7,7 +7,10 @@ Numpy only; no torch.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from .data.schema import CAMERA_NAMES, DETECTION_CLASSES
 from .geometry import BEVGrid
@@ -105,3 +108,20 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+
+
+def preset_to_dict(preset: Preset) -> dict[str, Any]:
+    """A preset as plain JSON-able data (tuples become lists): what checkpoints and ONNX metadata carry."""
+    return json.loads(json.dumps(dataclasses.asdict(preset)))
+
+
+def preset_from_dict(data: dict[str, Any]) -> Preset:
+    """The inverse of :func:`preset_to_dict`."""
+
+    def tup(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+    return Preset(
+        name=data["name"], input=InputConfig(**tup(data["input"])), grid=GridConfig(**tup(data["grid"])),
+        tasks=TaskConfig(**tup(data["tasks"])), model=ModelConfig(**tup(data["model"])),
+    )

@@ -1,4 +1,5 @@
-"""The edge path imports no torch, albumentations or scipy (DESIGN section 2)."""
+"""The edge path (perception's numpy parts, the edge runtime, `perception bench`) imports no torch,
+albumentations or scipy (DESIGN section 2)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import sys
 
 EDGE_MODULES = ("perception", "perception.cli", "perception.geometry", "perception.boxes", "perception.preprocess",
                 "perception.presets", "perception.vis", "perception.data.nuscenes", "perception.metrics",
-                "perception.models.config")
+                "perception.models.config", "export.runtime", "export.runtime.metadata", "export.runtime.edge_model",
+                "export.bench")
 
 
 def test_edge_modules_import_with_torch_unimportable() -> None:

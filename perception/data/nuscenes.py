@@ -120,6 +120,12 @@ class NuScenesDataset:
         return [by_name[n] for n in self.splits[name]]
 
     @property
+    def val_split(self) -> str | None:
+        """The validation split of splits.json (the first name ending in "val"), else None (every scene)."""
+        vals = sorted(s for s in self.splits if s.endswith("val"))
+        return vals[0] if vals else None
+
+    @property
     def camera_channels(self) -> tuple[str, ...]:
         """The camera channels every sample has, in schema.CAMERA_NAMES order first."""
         return tuple(self.samples[0].cameras) if self.samples else ()

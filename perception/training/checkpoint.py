@@ -7,38 +7,22 @@ version and the training state.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..models.config import ModelConfig
-from ..presets import GridConfig, InputConfig, Preset, TaskConfig
+from ..presets import Preset, preset_from_dict, preset_to_dict
+
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "load_model_from_checkpoint",
+           "preset_from_dict", "preset_to_dict", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = 1
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file."""
-
-
-def preset_to_dict(preset: Preset) -> dict[str, Any]:
-    """A preset as plain JSON-able data (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(preset)))
-
-
-def preset_from_dict(data: dict[str, Any]) -> Preset:
-    """The inverse of :func:`preset_to_dict`."""
-
-    def tup(d: dict[str, Any]) -> dict[str, Any]:
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-    return Preset(
-        name=data["name"], input=InputConfig(**tup(data["input"])), grid=GridConfig(**tup(data["grid"])),
-        tasks=TaskConfig(**tup(data["tasks"])), model=ModelConfig(**tup(data["model"])),
-    )
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:

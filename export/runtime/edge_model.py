@@ -1,0 +1,331 @@
+"""The edge runtime: an exported model run by onnxruntime from raw camera frames to typed results.
+
+numpy, cv2 and onnxruntime only; never torch. Preprocessing (:mod:`perception.preprocess`),
+geometry (:mod:`perception.geometry`) and box decoding (:mod:`perception.boxes`) are the same
+functions training and evaluation use.
+
+    model = EdgeModel("out/export/model.fp32.onnx", threads=2)
+    rig = {name: Camera(K, ego_T_cam, image_hw=(900, 1600)) for ...}       # calibration, native size
+    for frames, global_T_ego, t in drive:                                    # frames: name -> JPEG bytes
+        result = model.step(frames, rig, global_T_ego, t)                    # the video state is carried
+        result.boxes.center, result.class_names, result.seg_prob, result.timings_ms
+
+A camera whose frame is missing (absent or None), older than ``max_camera_age`` seconds, or
+undecodable is masked (``cam_valid`` False) and named in ``result.masked``; the frame still runs.
+Wrong camera names, shapes or dtypes, or a model of another format version, raise
+:class:`RuntimeInputError` / :class:`~export.runtime.metadata.MetadataError` naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from perception.boxes import BoxCodec, DecodedBoxes, sigmoid
+from perception.geometry import invert_rigid
+from perception.preprocess import (
+    ImageDecodeError,
+    auto_reduce,
+    check_size,
+    decode_affine,
+    decode_image,
+    preprocess_hwc,
+    to_chw,
+)
+
+from .metadata import OUTPUT_NAMES, MetadataError, ModelMetadata
+
+__all__ = ["Camera", "EdgeModel", "EdgeResult", "PreparedFrame", "RuntimeInputError", "default_providers",
+           "prepare_cameras"]
+
+# Execution providers in order of preference; the first ones present in this onnxruntime build are used.
+PREFERRED_PROVIDERS: tuple[str, ...] = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class RuntimeInputError(ValueError):
+    """Inputs the model cannot take: the message names the camera, input or field and what was expected."""
+
+
+@dataclass(frozen=True)
+class Camera:
+    """One camera's calibration at its native image size (as the dataset's calibrated_sensor holds it)."""
+
+    K: np.ndarray  # [3, 3] intrinsics, px
+    ego_T_cam: np.ndarray  # [4, 4] camera (optical) -> ego
+    image_hw: tuple[int, int] | None = None  # native (h, w) px; lets JPEGs decode at reduced size
+
+
+@dataclass
+class PreparedFrame:
+    """One multi-camera frame as the model takes it, and what it took to get there."""
+
+    images: np.ndarray  # uint8 [N, 3, H, W]
+    K: np.ndarray  # float32 [N, 3, 3] at the input size
+    ego_T_cam: np.ndarray  # float32 [N, 4, 4]
+    cam_valid: np.ndarray  # bool [N]
+    masked: dict[str, str] = field(default_factory=dict)  # camera -> why it is masked
+    timings_ms: dict[str, float] = field(default_factory=dict)  # "jpeg_decode", "preprocess"
+
+
+@dataclass
+class EdgeResult:
+    """The model's reading of one frame (ego frame of that frame)."""
+
+    boxes: DecodedBoxes  # detections, ego frame, sorted by score
+    class_names: tuple[str, ...]  # boxes.label indexes this
+    seg_prob: np.ndarray  # float32 [S, X, Y] BEV segmentation probabilities on the preset's BEV grid
+    seg_classes: tuple[str, ...]
+    heatmap: np.ndarray  # float32 [K, Xd, Yd] detection probabilities (for uncertainty scores)
+    embedding: np.ndarray  # float32 [E]
+    cam_valid: dict[str, bool]
+    masked: dict[str, str]  # camera -> why it was masked
+    timings_ms: dict[str, float]  # "jpeg_decode", "preprocess", "inference", "decode"
+
+
+def default_providers() -> list[str]:
+    """TensorRT, then CUDA, then the CPU: those of them this onnxruntime build has."""
+    available = set(ort.get_available_providers())
+    return [p for p in PREFERRED_PROVIDERS if p in available]
+
+
+def prepare_cameras(frames: Mapping[str, bytes | np.ndarray | str | Path | None], rig: Mapping[str, Camera],
+                    names: Sequence[str], input_hw: tuple[int, int], timestamp: float | None = None,
+                    camera_timestamps: Mapping[str, float] | None = None, max_camera_age: float = 0.25) -> PreparedFrame:
+    """Decode and preprocess the cameras ``names`` of one frame to ``input_hw`` (the shared preprocessing).
+
+    frames: camera name -> JPEG/PNG bytes, a path, a decoded BGR uint8 image [h, w, 3] (any size;
+    its Camera.K must be for that size), or None (missing). rig: camera name -> Camera, for every
+    camera in ``names``. A camera missing from ``frames``, None, undecodable, or (given the times)
+    older than ``max_camera_age`` s is masked. JPEGs of a camera whose ``image_hw`` is known decode
+    at reduced size when the input size allows (:func:`perception.preprocess.auto_reduce`).
+    """
+    unknown = sorted(set(frames) - set(names))
+    if unknown:
+        raise RuntimeInputError(f"unknown camera(s) {unknown}; the model's cameras are {list(names)}")
+    missing_rig = [n for n in names if n not in rig]
+    if missing_rig:
+        raise RuntimeInputError(f"rig: no calibration for camera(s) {missing_rig}")
+    N, (H, W) = len(names), input_hw
+    images = np.zeros((N, 3, H, W), np.uint8)
+    K_out = np.zeros((N, 3, 3), np.float32)
+    E_out = np.zeros((N, 4, 4), np.float32)
+    valid = np.zeros(N, bool)
+    masked: dict[str, str] = {}
+    t_decode = t_pre = 0.0
+    for i, name in enumerate(names):
+        cam = rig[name]
+        K = np.asarray(cam.K, np.float64)
+        E = np.asarray(cam.ego_T_cam, np.float64)
+        if K.shape != (3, 3) or E.shape != (4, 4):
+            raise RuntimeInputError(f"rig[{name!r}]: expected K [3, 3] and ego_T_cam [4, 4], "
+                                    f"got {list(K.shape)} and {list(E.shape)}")
+        E_out[i] = E
+        K_out[i] = K  # replaced by the preprocessed K below; kept for masked cameras' geometry
+        data = frames.get(name)
+        if data is None:
+            masked[name] = "no frame"
+            continue
+        if timestamp is not None and camera_timestamps is not None and name in camera_timestamps:
+            age = float(timestamp) - float(camera_timestamps[name])
+            if age > max_camera_age:
+                masked[name] = f"stale: {age:.3f} s old (max {max_camera_age} s)"
+                continue
+        t0 = time.perf_counter()
+        if isinstance(data, np.ndarray):
+            if data.ndim != 3 or data.shape[2] != 3 or data.dtype != np.uint8:
+                raise RuntimeInputError(f"frames[{name!r}]: expected a BGR uint8 image [h, w, 3], "
+                                        f"got {data.dtype} {list(data.shape)}")
+            if cam.image_hw is not None and tuple(data.shape[:2]) != tuple(cam.image_hw):
+                raise RuntimeInputError(f"frames[{name!r}]: image is {data.shape[1]}x{data.shape[0]} px, its "
+                                        f"calibration is for {cam.image_hw[1]}x{cam.image_hw[0]} px")
+            image, reduce = data, 1
+        else:
+            reduce = auto_reduce(tuple(cam.image_hw), (H, W)) if cam.image_hw is not None else 1
+            try:
+                image = decode_image(data if isinstance(data, (bytes, bytearray, memoryview)) else Path(data), reduce)
+                if cam.image_hw is not None:
+                    check_size(image, tuple(cam.image_hw), reduce, f"frames[{name!r}]")
+            except ImageDecodeError as exc:
+                masked[name] = f"undecodable: {exc}"
+                continue
+        t1 = time.perf_counter()
+        rgb, K_pre = preprocess_hwc(image, decode_affine(reduce) @ K, (H, W))
+        images[i] = to_chw(rgb)
+        K_out[i] = K_pre
+        valid[i] = True
+        t2 = time.perf_counter()
+        t_decode += t1 - t0
+        t_pre += t2 - t1
+    return PreparedFrame(images, K_out, E_out, valid, masked,
+                         {"jpeg_decode": 1e3 * t_decode, "preprocess": 1e3 * t_pre})
+
+
+class EdgeModel:
+    """An exported model (.onnx with bevstack metadata) ready to run on raw frames."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
+                 score_threshold: float = 0.1, max_detections: int = 500, max_camera_age: float = 0.25,
+                 max_gap: float = 2.0) -> None:
+        """path: the .onnx; threads: intra-op threads (None: onnxruntime's default); providers:
+        execution providers (None: :func:`default_providers`); max_camera_age: s a camera frame may lag
+        the frame time before it is masked; max_gap: s between frames beyond which the video state restarts."""
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: model file missing")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # errors only: fp16 graphs warn about folding they skip
+        if threads is not None:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        self.providers = list(providers) if providers is not None else default_providers()
+        self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
+        self.metadata = ModelMetadata.from_props(dict(self.session.get_modelmeta().custom_metadata_map), self.path)
+        self._check_signature()
+        preset = self.metadata.preset_obj
+        self.preset = preset
+        self.codec = BoxCodec.from_preset(preset)
+        self.score_threshold = score_threshold
+        self.max_detections = max_detections
+        self.max_camera_age = max_camera_age
+        self.max_gap = max_gap
+        self.reset()
+
+    # -- the contract ------------------------------------------------------------------------------
+    def _check_signature(self) -> None:
+        meta = self.metadata
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if set(inputs) != set(meta.input_names):
+            raise MetadataError(f"{self.path}: inputs {sorted(inputs)} do not match the metadata's {sorted(meta.input_names)}")
+        if set(outputs) != set(OUTPUT_NAMES):
+            raise MetadataError(f"{self.path}: outputs {sorted(outputs)}, expected {sorted(OUTPUT_NAMES)}")
+        N, (H, W) = len(meta.camera_names), meta.input_hw
+        shape = inputs["images"].shape
+        if list(shape[1:]) != [N, 3, H, W]:
+            raise MetadataError(f"{self.path}: images input is {shape}, the metadata says [B, {N}, 3, {H}, {W}]")
+
+    @property
+    def batch_size(self) -> int | None:
+        """The static batch size, or None when the model takes any batch."""
+        return self.metadata.static_batch
+
+    def initial_state(self, batch: int = 1) -> np.ndarray:
+        """Zeros [B, C, X, Y]: the state of a clip's first frame."""
+        return np.zeros((batch, *self.metadata.state_shape), np.float32)
+
+    def infer(self, images: np.ndarray, K: np.ndarray | None, ego_T_cam: np.ndarray | None, cam_valid: np.ndarray,
+              prev_state: np.ndarray, prev_T_curr: np.ndarray, dt: np.ndarray) -> dict[str, np.ndarray]:
+        """One batched forward on preprocessed inputs (shapes in :mod:`.metadata`); returns name -> array.
+
+        K and ego_T_cam are ignored (pass None) for a fixed-rig model. Raises RuntimeInputError naming
+        the input whose shape or dtype is wrong.
+        """
+        meta = self.metadata
+        N, (H, W) = len(meta.camera_names), meta.input_hw
+        images = np.asarray(images)
+        if images.ndim != 5 or images.shape[1:] != (N, 3, H, W):
+            raise RuntimeInputError(f"images: expected [B, {N}, 3, {H}, {W}], got {list(images.shape)}")
+        if images.dtype != np.uint8:
+            raise RuntimeInputError(f"images: expected uint8, got {images.dtype}")
+        B = images.shape[0]
+        if meta.static_batch is not None and B != meta.static_batch:
+            raise RuntimeInputError(f"images: this static model takes batch {meta.static_batch}, got {B}")
+        feeds = {"images": np.ascontiguousarray(images)}
+        expected: dict[str, tuple[tuple[int, ...], type]] = {
+            "cam_valid": ((B, N), np.bool_), "prev_state": ((B, *meta.state_shape), np.float32),
+            "prev_T_curr": ((B, 4, 4), np.float32), "dt": ((B,), np.float32),
+        }
+        given = {"cam_valid": cam_valid, "prev_state": prev_state, "prev_T_curr": prev_T_curr, "dt": dt}
+        if meta.fixed_rig is None:
+            expected.update(K=((B, N, 3, 3), np.float32), ego_T_cam=((B, N, 4, 4), np.float32))
+            given.update(K=K, ego_T_cam=ego_T_cam)
+        for name, (shape, dtype) in expected.items():
+            value = given[name]
+            if value is None:
+                raise RuntimeInputError(f"{name}: required by this model, got None")
+            arr = np.asarray(value)
+            if arr.shape != shape:
+                raise RuntimeInputError(f"{name}: expected shape {list(shape)}, got {list(arr.shape)}")
+            if dtype is np.bool_ and arr.dtype != np.bool_:
+                raise RuntimeInputError(f"{name}: expected bool, got {arr.dtype}")
+            if dtype is np.float32 and arr.dtype.kind != "f":
+                raise RuntimeInputError(f"{name}: expected float32, got {arr.dtype}")
+            feeds[name] = np.ascontiguousarray(arr, dtype=dtype)
+        values = self.session.run(list(OUTPUT_NAMES), feeds)
+        return {name: np.asarray(v, dtype=np.float32) for name, v in zip(OUTPUT_NAMES, values)}
+
+    # -- raw frames ----------------------------------------------------------------------------------
+    def prepare(self, frames: Mapping[str, bytes | np.ndarray | str | Path | None], rig: Mapping[str, Camera],
+                timestamp: float | None = None, camera_timestamps: Mapping[str, float] | None = None) -> PreparedFrame:
+        """Decode and preprocess the cameras of one frame (:func:`prepare_cameras` for this model's
+        cameras and input size); a fixed-rig model checks that ``rig`` is its rig."""
+        meta = self.metadata
+        prepared = prepare_cameras(frames, rig, meta.camera_names, meta.input_hw, timestamp, camera_timestamps,
+                                   self.max_camera_age)
+        if meta.fixed_rig is not None:
+            self._check_fixed_rig(prepared.K, prepared.ego_T_cam, prepared.cam_valid)
+        return prepared
+
+    def _check_fixed_rig(self, K: np.ndarray, E: np.ndarray, valid: np.ndarray) -> None:
+        K_fixed, E_fixed = self.metadata.rig_arrays()
+        for i, name in enumerate(self.metadata.camera_names):
+            if not valid[i]:
+                continue
+            if not np.allclose(K[i], K_fixed[i], rtol=1e-3, atol=0.5) or not np.allclose(E[i], E_fixed[i], atol=1e-3):
+                raise RuntimeInputError(f"rig[{name!r}]: this model was exported with --fixed-rig for another "
+                                        "calibration; export it for this rig or without --fixed-rig")
+
+    def decode(self, outputs: Mapping[str, np.ndarray]) -> list[DecodedBoxes]:
+        """Boxes of each frame of a batch of outputs (the shared codec's decoding)."""
+        return self.codec.decode_batch(sigmoid(outputs["heatmap"]), outputs["regression"], self.score_threshold,
+                                       self.max_detections)
+
+    # -- one stream with its video state --------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the video state: the next :meth:`step` starts a clip."""
+        self._state: np.ndarray | None = None
+        self._last_pose: np.ndarray | None = None
+        self._last_time: float | None = None
+
+    def step(self, frames: Mapping[str, bytes | np.ndarray | str | Path | None], rig: Mapping[str, Camera],
+             global_T_ego: np.ndarray, timestamp: float,
+             camera_timestamps: Mapping[str, float] | None = None) -> EdgeResult:
+        """Run one frame of a stream (s timestamps, ``global_T_ego`` [4, 4] the ego pose at ``timestamp``).
+
+        The video state of the previous step is warped by the ego motion between the two poses; it
+        restarts (zeros) at the first step, after :meth:`reset`, when time goes backwards, or after a
+        gap longer than ``max_gap``.
+        """
+        pose = np.asarray(global_T_ego, np.float64)
+        if pose.shape != (4, 4):
+            raise RuntimeInputError(f"global_T_ego: expected [4, 4], got {list(pose.shape)}")
+        prepared = self.prepare(frames, rig, timestamp, camera_timestamps)
+        fresh = (self._state is None or self._last_time is None or self._last_pose is None
+                 or not 0.0 < timestamp - self._last_time <= self.max_gap)
+        if fresh:
+            state, prev_T_curr, dt = self.initial_state(1), np.eye(4), 0.0
+        else:
+            assert self._state is not None and self._last_pose is not None and self._last_time is not None
+            state, prev_T_curr, dt = self._state, invert_rigid(self._last_pose) @ pose, timestamp - self._last_time
+        t0 = time.perf_counter()
+        out = self.infer(prepared.images[None], prepared.K[None], prepared.ego_T_cam[None], prepared.cam_valid[None],
+                         state, prev_T_curr[None].astype(np.float32), np.array([dt], np.float32))
+        t1 = time.perf_counter()
+        boxes = self.decode(out)[0]
+        heatmap = sigmoid(out["heatmap"][0])
+        seg_prob = sigmoid(out["seg"][0])
+        t2 = time.perf_counter()
+        self._state, self._last_pose, self._last_time = out["state"], pose, float(timestamp)
+        names = self.metadata.camera_names
+        return EdgeResult(
+            boxes=boxes, class_names=self.metadata.class_names, seg_prob=seg_prob,
+            seg_classes=self.metadata.seg_classes, heatmap=heatmap, embedding=out["embedding"][0],
+            cam_valid={n: bool(v) for n, v in zip(names, prepared.cam_valid)}, masked=prepared.masked,
+            timings_ms={**prepared.timings_ms, "inference": 1e3 * (t1 - t0), "decode": 1e3 * (t2 - t1)},
+        )
