@@ -108,7 +108,15 @@ def _percentiles(values: Sequence[float]) -> dict[str, float]:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    """This process's peak resident memory, MB: VmHWM (Linux: reset at exec, unlike getrusage's
+    ru_maxrss, which keeps the high-water mark of the process before exec), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _measure(step: Callable[[int], dict[str, float]], n_frames: int, runs: int, warmup: int) -> dict[str, Any]:
@@ -138,7 +146,10 @@ def _row_onnx(model_path: str, frames: BenchFrames, threads: int, runs: int, war
         return model.step(frames.frames[i], frames.rig, frames.poses[i], frames.times[i]).timings_ms
 
     result = _measure(step, len(frames.frames), runs, warmup)
-    return {"name": f"onnxruntime {model.metadata.precision}", "model": model_path, "providers": model.providers,
+    meta = model.metadata
+    name = f"onnxruntime {meta.precision}" + (" fixed rig" if meta.fixed_rig is not None else "") + (
+        " static" if meta.static_batch is not None else "")
+    return {"name": name, "model": model_path, "providers": model.providers,
             "precision": model.metadata.precision, **result,
             "peak_rss_mb": _peak_rss_mb(), "rss_after_load_mb": rss_loaded, "rss_before_load_mb": rss_before,
             "torch_imported": "torch" in sys.modules}

@@ -106,11 +106,16 @@ def int8_sensitivity(fp32_path: str | Path, int8_path: str | Path, feeds: Sequen
         q_acts = qdq_loss_debug.collect_activations(str(q_aug), FeedReader(feeds))
         matching = qdq_loss_debug.create_activation_matching(q_acts, float_acts)
         errors = qdq_loss_debug.compute_activation_error(matching)
-    # Name each activation by the layers reading it (their weight's name, e.g. model.neck.lateral.0).
+    # Name each activation by the layers reading it (their weight's name, e.g. model.neck.lateral.0), or
+    # else by the layer writing it ("... output").
     layers: dict[str, list[str]] = {}
+    writers: dict[str, str] = {}
     for node in onnx.load(str(fp32_path), load_external_data=False).graph.node:
         if node.op_type in op_types and len(node.input) > 1:
-            layers.setdefault(node.input[0], []).append(node.input[1].removesuffix(".weight"))
+            name = node.input[1].removesuffix(".weight")
+            layers.setdefault(node.input[0], []).append(name)
+            writers.update({o: f"{name} output" for o in node.output})
+    layers = {t: layers.get(t) or [writers[t]] for t in set(layers) | set(writers)}
     rows = []
     for tensor, err in errors.items():
         rows.append({"tensor": tensor, "layers": layers.get(tensor, []),

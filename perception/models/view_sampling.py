@@ -45,11 +45,13 @@ class SamplingLift(nn.Module):
         gx = (pix[..., 0] + 0.5) / (w * self.stride) * 2 - 1
         gy = (pix[..., 1] + 0.5) / (h * self.stride) * 2 - 1
         valid = (depth > 0.1) & (gx.abs() <= 1) & (gy.abs() <= 1) & cam_valid[:, :, None]
-        grid = torch.stack([gx, gy], dim=-1).reshape(B * N, 1, P, 2)
+        # Points a camera does not see are sent far outside its map, where zero padding makes their
+        # bilinear sample exactly 0: the same as masking the samples, without a pass over them.
+        far = torch.full_like(gx, -4.0)
+        grid = torch.stack([torch.where(valid, gx, far), torch.where(valid, gy, far)], dim=-1).reshape(B * N, 1, P, 2)
         sampled = F.grid_sample(f.reshape(B * N, C, h, w), grid, mode="bilinear", padding_mode="zeros",
-                                align_corners=False)  # [B*N, C, 1, P]
+                                align_corners=False)  # [B*N, C, 1, P], 0 where not valid
         weight = valid.to(f.dtype)  # [B, N, P]
-        sampled = sampled.reshape(B, N, C, P) * weight[:, :, None, :]
-        mean = sampled.sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)[:, None, :]  # [B, C, P]
+        mean = sampled.reshape(B, N, C, P).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)[:, None, :]  # [B, C, P]
         bev = mean.reshape(B, C, self.Z, self.X, self.Y).reshape(B, C * self.Z, self.X, self.Y)
         return {"bev": self.compress(bev)}
