@@ -73,6 +73,12 @@ def test_every_precision_is_a_checked_onnx_with_metadata(exported) -> None:
         assert meta.camera_names == exported["preset"].input.cameras
         assert meta.input_hw == (96, 176) and meta.state_shape == (64, 64, 64)
         props = {p.key: json.loads(p.value) if p.key == "bevstack.metadata" else p.value for p in proto.metadata_props}
+        # The batch is dynamic: two samples side by side run and give two of each output.
+        model = EdgeModel(path, threads=1)
+        images = np.random.default_rng(0).integers(0, 256, (2, 6, 3, 96, 176), dtype=np.uint8)
+        out = model.infer(images, np.tile(np.diag([80.0, 80.0, 1.0]), (2, 6, 1, 1)), np.tile(np.eye(4), (2, 6, 1, 1)),
+                          np.ones((2, 6), bool), model.initial_state(2), np.tile(np.eye(4), (2, 1, 1)), np.zeros(2))
+        assert out["seg"].shape == (2, 4, 64, 64) and out["embedding"].shape == (2, 128)
         body = props["bevstack.metadata"]
         for key in ("class_names", "camera_names", "input_hw", "normalization", "bev_grid", "state_shape",
                     "checkpoint_sha256", "format_version"):
