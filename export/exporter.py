@@ -180,8 +180,9 @@ def parity_report(model: torch.nn.Module, edge: EdgeModel, clip: Sequence[dict[s
         for a, b in zip(ref_boxes, got_boxes):
             n_ref += len(a)
             n_got += len(b)
-            matched += _box_matches(a, b)
-            same.append(len(a) == len(b) == _box_matches(a, b) == _box_matches(b, a))
+            forward = _box_matches(a, b)
+            matched += forward
+            same.append(len(a) == len(b) == forward == _box_matches(b, a))
     outputs = {}
     for n in OUTPUT_NAMES:
         d = np.concatenate(diffs[n])

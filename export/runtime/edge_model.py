@@ -317,8 +317,8 @@ class EdgeModel:
         out = self.infer(prepared.images[None], prepared.K[None], prepared.ego_T_cam[None], prepared.cam_valid[None],
                          state, prev_T_curr[None].astype(np.float32), np.array([dt], np.float32))
         t1 = time.perf_counter()
-        boxes = self.decode(out)[0]
-        heatmap = sigmoid(out["heatmap"][0])
+        heatmap = sigmoid(out["heatmap"][0])  # once, for the decoding and the result
+        boxes = self.codec.decode(heatmap, out["regression"][0], self.score_threshold, self.max_detections)
         seg_prob = sigmoid(out["seg"][0])
         t2 = time.perf_counter()
         self._state, self._last_pose, self._last_time = out["state"], pose, float(timestamp)
