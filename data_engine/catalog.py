@@ -19,16 +19,19 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
+
+import numpy as np
 
 from perception.data.nuscenes import NuScenesDataset, load_dataset
 from perception.data.schema import parse_conditions
 
-__all__ = ["LABEL_STATES", "MIGRATIONS", "SCHEMA_VERSION", "Catalog", "CatalogError", "FrameRow"]
+__all__ = ["LABEL_STATES", "MIGRATIONS", "PREDICTION_KEYS", "SCHEMA_VERSION", "Catalog", "CatalogError", "FrameResult",
+           "FrameRow", "Selection"]
 
 LABEL_STATES: tuple[str, ...] = ("unlabeled", "queued", "labeled")
 
@@ -121,8 +124,33 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL
     );
     """,
+    # 1 -> 2: a scored frame keeps the model's boxes (for the relabel queue); mining progress per scene;
+    # what each label batch did to each frame.
+    """
+    ALTER TABLE frame_results ADD COLUMN predictions TEXT;  -- JSON list of boxes in the ego frame (PREDICTION_KEYS)
+    CREATE TABLE run_scenes (                -- a scene whose every frame's result is written, in one transaction
+        run_id INTEGER NOT NULL REFERENCES mining_runs(id),
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+        scene_token TEXT NOT NULL,
+        frames INTEGER NOT NULL,
+        finished_at REAL NOT NULL,
+        PRIMARY KEY (run_id, dataset_id, scene_token)
+    );
+    ALTER TABLE label_batches ADD COLUMN details TEXT;     -- JSON summary (boxes accepted, rejected, reclassed, ...)
+    CREATE TABLE label_batch_frames (
+        batch_id INTEGER NOT NULL REFERENCES label_batches(id),
+        frame_id INTEGER NOT NULL REFERENCES frames(id),
+        outcome TEXT NOT NULL CHECK (outcome IN ('labeled', 'full_labeling')),
+        annotations INTEGER NOT NULL,
+        PRIMARY KEY (batch_id, frame_id)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# One predicted box as the catalog stores it (frame_results.predictions): ego frame of the frame's sample,
+# metres, radians, m/s; "class" a detection class name, "score" in [0, 1].
+PREDICTION_KEYS: tuple[str, ...] = ("class", "score", "center", "size", "yaw", "velocity")
 
 
 class CatalogError(ValueError):
@@ -142,6 +170,39 @@ class FrameRow:
     conditions: tuple[str, ...]
     cameras: dict[str, str]  # camera -> image path relative to dataset_root
     label_state: str
+
+
+@dataclass
+class FrameResult:
+    """One frame's outcome in a mining run: its scores per strategy, or why it failed."""
+
+    frame_id: int
+    status: str = "scored"  # "scored" or "failed"
+    reason: str | None = None  # why it failed
+    embedding: np.ndarray | None = None  # float32 [E]
+    predictions: list[dict[str, Any]] = field(default_factory=list)  # boxes, PREDICTION_KEYS
+    scores: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)  # strategy -> (score, details)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A frame picked by a mining run, with why."""
+
+    frame: FrameRow
+    rank: int  # 0 first
+    score: float  # the combined score it was picked with
+    reasons: list[str]
+    scores: dict[str, float]  # strategy -> raw score
+    predictions: list[dict[str, Any]]  # the model's boxes (PREDICTION_KEYS), ego frame
+
+
+_FRAME_COLUMNS = ("f.id, d.root, f.sample_token, f.scene_name, f.frame_index, f.timestamp, f.conditions, f.cameras,"
+                  " f.label_state")
+
+
+def _frame_row(row: Sequence[Any]) -> FrameRow:
+    i, r, t, s, k, ts, cond, cams, st = row
+    return FrameRow(i, r, t, s, k, ts, tuple(x for x in cond.split(",") if x), json.loads(cams), st)
 
 
 class Catalog:
@@ -323,15 +384,26 @@ class Catalog:
                 args_sub.append(min_score)
             where.append(f"EXISTS ({sub})")
             args += args_sub
-        sql = ("SELECT f.id, d.root, f.sample_token, f.scene_name, f.frame_index, f.timestamp, f.conditions, f.cameras,"
-               " f.label_state FROM frames f JOIN datasets d ON d.id = f.dataset_id")
+        sql = f"SELECT {_FRAME_COLUMNS} FROM frames f JOIN datasets d ON d.id = f.dataset_id"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY d.id, f.scene_name, f.frame_index"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [FrameRow(i, r, t, s, k, ts, tuple(x for x in cond.split(",") if x), json.loads(cams), st)
-                for i, r, t, s, k, ts, cond, cams, st in self.conn.execute(sql, args)]
+        return [_frame_row(row) for row in self.conn.execute(sql, args)]
+
+    def frame(self, ref: int | str) -> FrameRow:
+        """A frame by catalog id or sample token (a token known in several datasets is refused)."""
+        base = f"SELECT {_FRAME_COLUMNS} FROM frames f JOIN datasets d ON d.id = f.dataset_id"
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            rows = self.conn.execute(base + " WHERE f.id = ?", (int(ref),)).fetchall()
+        else:
+            rows = self.conn.execute(base + " WHERE f.sample_token = ?", (ref,)).fetchall()
+        if not rows:
+            raise CatalogError(f"{self.path}: no frame {ref!r} (give a sample token or a catalog frame id)")
+        if len(rows) > 1:
+            raise CatalogError(f"{self.path}: sample token {ref!r} is in {len(rows)} datasets; give the frame id")
+        return _frame_row(rows[0])
 
     def run_id(self, name: str) -> int:
         row = self.conn.execute("SELECT id FROM mining_runs WHERE name = ?", (name,)).fetchone()
@@ -339,6 +411,172 @@ class Catalog:
             known = [n for (n,) in self.conn.execute("SELECT name FROM mining_runs ORDER BY id")]
             raise CatalogError(f"{self.path}: no mining run {name!r} (runs: {', '.join(known) or 'none'})")
         return int(row[0])
+
+    # -- mining runs -------------------------------------------------------------------------------------
+    def start_run(self, name: str, model: str, model_sha256: str, strategies: Sequence[str], budget: int,
+                  engine: str, config: dict[str, Any]) -> tuple[int, bool]:
+        """Create mining run ``name``, or resume it. Returns (run id, resumed).
+
+        A run is resumed only with the same model file contents and the same strategies; a run that
+        already selected its frames is finished and refused.
+        """
+        with self.transaction() as c:
+            row = c.execute("SELECT id, model_sha256, strategies, status FROM mining_runs WHERE name = ?",
+                            (name,)).fetchone()
+            if row is not None:
+                run_id, sha, strats, status = row
+                if sha != model_sha256:
+                    raise CatalogError(f"{self.path}: mining run {name!r} was made with another model "
+                                       f"(sha256 {sha[:12]}, this one {model_sha256[:12]}); name a new run")
+                if json.loads(strats) != list(strategies):
+                    raise CatalogError(f"{self.path}: mining run {name!r} scores {json.loads(strats)}, not "
+                                       f"{list(strategies)}; name a new run")
+                if status == "selected":
+                    raise CatalogError(f"{self.path}: mining run {name!r} is finished (its frames are selected); "
+                                       "name a new run")
+                c.execute("UPDATE mining_runs SET status = 'running', engine = ? WHERE id = ?", (engine, run_id))
+                return int(run_id), True
+            cur = c.execute(
+                "INSERT INTO mining_runs (name, model, model_sha256, strategies, budget, engine, status, config,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+                (name, model, model_sha256, json.dumps(list(strategies)), int(budget), engine,
+                 json.dumps(config, sort_keys=True), time.time()))
+            return int(cur.lastrowid or 0), False
+
+    def run_info(self, name: str) -> dict[str, Any]:
+        """A mining run's row: name, model, strategies, budget, engine, status, config, times."""
+        row = self.conn.execute("SELECT id, name, model, model_sha256, strategies, budget, engine, status, config,"
+                                " created_at, finished_at FROM mining_runs WHERE id = ?", (self.run_id(name),)).fetchone()
+        keys = ("id", "name", "model", "model_sha256", "strategies", "budget", "engine", "status", "config",
+                "created_at", "finished_at")
+        info = dict(zip(keys, row))
+        info["strategies"], info["config"] = json.loads(info["strategies"]), json.loads(info["config"])
+        return info
+
+    def latest_run(self) -> str:
+        row = self.conn.execute("SELECT name FROM mining_runs ORDER BY id DESC LIMIT 1").fetchone()
+        if row is None:
+            raise CatalogError(f"{self.path}: no mining runs yet (run `data-engine mine`)")
+        return str(row[0])
+
+    def set_run_status(self, run_id: int, status: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE mining_runs SET status = ?, finished_at = ? WHERE id = ?", (status, time.time(), run_id))
+
+    def done_scenes(self, run_id: int) -> set[tuple[int, str]]:
+        """(dataset id, scene token) of every scene whose results this run has written."""
+        return {(int(d), str(s)) for d, s in self.conn.execute(
+            "SELECT dataset_id, scene_token FROM run_scenes WHERE run_id = ?", (run_id,))}
+
+    def scene_frames(self, label_states: Sequence[str]) -> list[tuple[int, str, list[FrameRow]]]:
+        """Frames in the given label states grouped by scene: (dataset id, scene token, frames in time order)."""
+        marks = ",".join("?" * len(label_states))
+        rows = self.conn.execute(
+            f"SELECT f.dataset_id, f.scene_token, {_FRAME_COLUMNS} FROM frames f JOIN datasets d ON d.id = f.dataset_id"
+            f" WHERE f.label_state IN ({marks}) ORDER BY f.dataset_id, f.scene_name, f.frame_index",
+            list(label_states)).fetchall()
+        out: list[tuple[int, str, list[FrameRow]]] = []
+        for row in rows:
+            key = (int(row[0]), str(row[1]))
+            if not out or (out[-1][0], out[-1][1]) != key:
+                out.append((key[0], key[1], []))
+            out[-1][2].append(_frame_row(row[2:]))
+        return out
+
+    def write_scene(self, run_id: int, dataset_id: int, scene_token: str, results: Sequence[FrameResult]) -> int:
+        """Write one scene's frame results and mark the scene done, in one transaction.
+
+        Idempotent: a frame this run already holds a result for is left as it is (so a scene scored
+        twice, by a resumed run or a retried worker, is counted once). Returns the frames written.
+        """
+        written = 0
+        with self.transaction() as c:
+            if c.execute("SELECT 1 FROM run_scenes WHERE run_id = ? AND dataset_id = ? AND scene_token = ?",
+                         (run_id, dataset_id, scene_token)).fetchone():
+                return 0
+            for r in results:
+                if r.status not in ("scored", "failed"):
+                    raise CatalogError(f"frame {r.frame_id}: result status {r.status!r}, expected scored or failed")
+                emb = None if r.embedding is None else np.asarray(r.embedding, np.float32).tobytes()
+                cur = c.execute(
+                    "INSERT OR IGNORE INTO frame_results (run_id, frame_id, status, reason, embedding, predictions)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (run_id, r.frame_id, r.status, r.reason, emb, json.dumps(r.predictions) if r.status == "scored" else None))
+                if cur.rowcount == 0:
+                    continue
+                written += 1
+                c.executemany("INSERT OR IGNORE INTO scores (run_id, frame_id, strategy, score, details)"
+                              " VALUES (?, ?, ?, ?, ?)",
+                              [(run_id, r.frame_id, k, float(v), json.dumps(d)) for k, (v, d) in r.scores.items()])
+            c.execute("INSERT INTO run_scenes (run_id, dataset_id, scene_token, frames, finished_at) VALUES (?, ?, ?, ?, ?)",
+                      (run_id, dataset_id, scene_token, len(results), time.time()))
+        return written
+
+    def add_scores(self, run_id: int, strategy: str, scores: dict[int, tuple[float, dict[str, Any]]]) -> None:
+        """Scores computed over the whole run (novelty needs every embedding), in one transaction (replacing)."""
+        with self.transaction() as c:
+            c.executemany("INSERT OR REPLACE INTO scores (run_id, frame_id, strategy, score, details) VALUES (?, ?, ?, ?, ?)",
+                          [(run_id, f, strategy, float(v), json.dumps(d)) for f, (v, d) in scores.items()])
+
+    def run_embeddings(self, run_id: int, label_states: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(frame ids [N], embeddings [N, E] float32) of the frames this run scored, in frame id order."""
+        sql = ("SELECT r.frame_id, r.embedding FROM frame_results r JOIN frames f ON f.id = r.frame_id"
+               " WHERE r.run_id = ? AND r.status = 'scored' AND r.embedding IS NOT NULL")
+        args: list[Any] = [run_id]
+        if label_states is not None:
+            sql += f" AND f.label_state IN ({','.join('?' * len(label_states))})"
+            args += list(label_states)
+        rows = self.conn.execute(sql + " ORDER BY r.frame_id", args).fetchall()
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        ids = np.array([r[0] for r in rows], np.int64)
+        return ids, np.stack([np.frombuffer(r[1], np.float32) for r in rows])
+
+    def run_scores(self, run_id: int) -> dict[str, dict[int, float]]:
+        """strategy -> frame id -> score, for every score of the run."""
+        out: dict[str, dict[int, float]] = {}
+        for frame_id, strategy, score in self.conn.execute(
+                "SELECT frame_id, strategy, score FROM scores WHERE run_id = ?", (run_id,)):
+            out.setdefault(strategy, {})[int(frame_id)] = float(score)
+        return out
+
+    def frame_predictions(self, run_id: int, frame_id: int) -> list[dict[str, Any]]:
+        row = self.conn.execute("SELECT predictions FROM frame_results WHERE run_id = ? AND frame_id = ?",
+                                (run_id, frame_id)).fetchone()
+        return json.loads(row[0]) if row is not None and row[0] else []
+
+    def write_selection(self, run_id: int, picks: Sequence[tuple[int, float, list[str]]], queue: bool = True) -> None:
+        """Record a run's picks (frame id, combined score, reasons) in rank order and, with ``queue``, move
+        the picked unlabeled frames to ``queued``; one transaction, replacing an earlier selection."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM selections WHERE run_id = ?", (run_id,))
+            c.executemany("INSERT INTO selections (run_id, frame_id, rank, score, reasons) VALUES (?, ?, ?, ?, ?)",
+                          [(run_id, f, k, float(s), json.dumps(r)) for k, (f, s, r) in enumerate(picks)])
+            if queue:
+                c.executemany("UPDATE frames SET label_state = 'queued' WHERE id = ? AND label_state = 'unlabeled'",
+                              [(f,) for f, _, _ in picks])
+            c.execute("UPDATE mining_runs SET status = 'selected', finished_at = ? WHERE id = ?", (time.time(), run_id))
+
+    def selections(self, run: str) -> list[Selection]:
+        """A run's picks in rank order, with their frames, reasons, raw scores and predicted boxes."""
+        run_id = self.run_id(run)
+        rows = self.conn.execute(
+            f"SELECT s.rank, s.score, s.reasons, r.predictions, {_FRAME_COLUMNS} FROM selections s"
+            " JOIN frames f ON f.id = s.frame_id JOIN datasets d ON d.id = f.dataset_id"
+            " LEFT JOIN frame_results r ON r.run_id = s.run_id AND r.frame_id = s.frame_id"
+            " WHERE s.run_id = ? ORDER BY s.rank", (run_id,)).fetchall()
+        out = []
+        for rank, score, reasons, preds, *frame in rows:
+            fr = _frame_row(frame)
+            raw = {k: float(v) for k, v in self.conn.execute(
+                "SELECT strategy, score FROM scores WHERE run_id = ? AND frame_id = ?", (run_id, fr.id))}
+            out.append(Selection(fr, int(rank), float(score), json.loads(reasons), raw, json.loads(preds) if preds else []))
+        return out
+
+    def latest_version_root(self) -> str | None:
+        """The root of the newest dataset version, or None before the first ingest."""
+        row = self.conn.execute("SELECT root FROM dataset_versions ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else str(row[0])
 
     # -- label state -----------------------------------------------------------------------------------
     def set_label_state(self, frame_ids: Sequence[int], state: str, expect: Sequence[str] | None = None) -> int:
@@ -356,6 +594,75 @@ class Catalog:
                         raise CatalogError(f"frame {row[1]} is {row[0]}, expected {' or '.join(expect)}")
             c.executemany("UPDATE frames SET label_state = ? WHERE id = ?", [(state, int(f)) for f in frame_ids])
         return len(frame_ids)
+
+    # -- label batches and dataset versions --------------------------------------------------------------
+    def frames_by_token(self, sample_tokens: Iterable[str]) -> dict[str, list[FrameRow]]:
+        """sample token -> its frames (one per dataset holding the token); tokens of no frame are absent."""
+        tokens = list(dict.fromkeys(sample_tokens))
+        out: dict[str, list[FrameRow]] = {}
+        for i in range(0, len(tokens), 500):  # SQLite limits the number of bound parameters
+            chunk = tokens[i:i + 500]
+            for row in self.conn.execute(
+                    f"SELECT {_FRAME_COLUMNS} FROM frames f JOIN datasets d ON d.id = f.dataset_id"
+                    f" WHERE f.sample_token IN ({','.join('?' * len(chunk))}) ORDER BY f.id", chunk):
+                fr = _frame_row(row)
+                out.setdefault(fr.sample_token, []).append(fr)
+        return out
+
+    def labeled_dataset_roots(self) -> list[str]:
+        """Roots of the datasets registered as labeled, in registration order."""
+        return [str(r) for (r,) in self.conn.execute("SELECT root FROM datasets WHERE labeled = 1 ORDER BY id")]
+
+    def dataset_version(self, name: str | None = None) -> dict[str, Any] | None:
+        """A dataset version's row by name, or the newest (``name`` None); None when there is no such version.
+
+        Keys: id, name, root, parent_id, label_batch_id, frames, annotations, created_at."""
+        keys = ("id", "name", "root", "parent_id", "label_batch_id", "frames", "annotations", "created_at")
+        sql = f"SELECT {', '.join(keys)} FROM dataset_versions"
+        row = (self.conn.execute(sql + " WHERE name = ?", (name,)) if name is not None
+               else self.conn.execute(sql + " ORDER BY id DESC LIMIT 1")).fetchone()
+        return None if row is None else dict(zip(keys, row))
+
+    def apply_label_batch(self, *, source: str, fmt: str, labeled: Mapping[int, Mapping[str, int]],
+                          annotations: Mapping[int, int], full_labeling: Sequence[int], details: Mapping[str, Any],
+                          expect: Sequence[str], version: Mapping[str, Any] | None, parent_id: int | None) -> int:
+        """Record an ingested label batch in one transaction; returns its id.
+
+        ``labeled``: frame id -> its category and detection-class counts (the frames become ``labeled``
+        and their frame_classes are replaced); ``annotations``: frame id -> annotations written;
+        ``full_labeling``: frame ids sent to full 3D labeling (they stay queued). Every frame must be in
+        one of the ``expect`` states. ``version`` (name, root, frames, annotations) adds the dataset
+        version written from ``parent_id``, which must still be the newest version.
+        """
+        with self.transaction() as c:
+            newest = c.execute("SELECT id FROM dataset_versions ORDER BY id DESC LIMIT 1").fetchone()
+            if version is not None and (newest[0] if newest else None) != parent_id:
+                raise CatalogError(f"{self.path}: another dataset version was recorded while this one was written; "
+                                   "ingest again")
+            for fid in [*labeled, *full_labeling]:
+                row = c.execute("SELECT label_state, sample_token FROM frames WHERE id = ?", (fid,)).fetchone()
+                if row is None:
+                    raise CatalogError(f"{self.path}: no frame with id {fid}")
+                if row[0] not in expect:
+                    raise CatalogError(f"frame {row[1]} is {row[0]}, expected {' or '.join(expect)}")
+            cur = c.execute("INSERT INTO label_batches (source, format, frames, annotations, created_at, details)"
+                            " VALUES (?, ?, ?, ?, ?, ?)",
+                            (source, fmt, len(labeled), sum(annotations.get(f, 0) for f in labeled), time.time(),
+                             json.dumps(details, sort_keys=True)))
+            batch_id = int(cur.lastrowid or 0)
+            c.executemany("INSERT INTO label_batch_frames (batch_id, frame_id, outcome, annotations) VALUES (?, ?, ?, ?)",
+                          [(batch_id, f, "labeled", annotations.get(f, 0)) for f in labeled]
+                          + [(batch_id, f, "full_labeling", 0) for f in full_labeling])
+            c.executemany("UPDATE frames SET label_state = 'labeled' WHERE id = ?", [(f,) for f in labeled])
+            c.executemany("DELETE FROM frame_classes WHERE frame_id = ?", [(f,) for f in labeled])
+            c.executemany("INSERT INTO frame_classes (frame_id, class, count) VALUES (?, ?, ?)",
+                          [(f, k, n) for f, counts in labeled.items() for k, n in sorted(counts.items())])
+            if version is not None:
+                c.execute("INSERT INTO dataset_versions (name, root, parent_id, label_batch_id, frames, annotations,"
+                          " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                          (version["name"], str(version["root"]), parent_id, batch_id, int(version["frames"]),
+                           int(version["annotations"]), time.time()))
+        return batch_id
 
 
 def _statements(script: str) -> list[str]:

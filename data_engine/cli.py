@@ -160,5 +160,121 @@ def query(
         typer.echo(f"{len(rows)} frames")
 
 
+def _parse_weights(text: str | None) -> dict[str, float]:
+    weights: dict[str, float] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.rpartition("=")
+        try:
+            if not sep:
+                raise ValueError
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise _fail(f"--weights: expected STRATEGY=NUMBER[,...], got {part!r}") from None
+    return weights
+
+
+@app.command()
+def mine(
+    model: Path = typer.Option(..., "--model", help="The exported model (.onnx from `perception export`)."),
+    catalog: Path = typer.Option(Path("catalog.db"), "--catalog", help="The frame catalog (SQLite)."),
+    strategy: str = typer.Option(..., "--strategy", help="Strategies, comma-separated: det_entropy, det_margin, "
+                                 "seg_entropy, flicker, rare:CLASS[@T], novelty, disagreement, random, or a plugin's."),
+    budget: int = typer.Option(..., "--budget", min=1, help="Frames to select."),
+    engine: str = typer.Option("local", "--engine", help="local (processes) or ray (Ray Data)."),
+    workers: int = typer.Option(1, "--workers", min=0, help="Worker processes or Ray actors (0, 1: in this process)."),
+    threads: int = typer.Option(None, "--threads", min=1, help="onnxruntime threads per worker (default: cores / workers)."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Scenes scored side by side in one batched forward."),
+    run: str = typer.Option(None, "--run", help="Run name (default from the model and strategies; the same name resumes)."),
+    weights: str = typer.Option(None, "--weights", help="Strategy weights, e.g. det_entropy=1,rare:trailer@0.3=2."),
+    diversity: float = typer.Option(0.3, "--diversity", min=0.0, max=1.0, help="0: by score; 1: k-center greedy on embeddings."),
+    dedup: float = typer.Option(0.25, "--dedup", min=0.0, help="Near-duplicates: closer than this fraction of the median "
+                                "nearest-neighbour embedding distance."),
+    min_gap: float = typer.Option(2.0, "--min-gap", min=0.0, help="Seconds between two picks from one scene."),
+    plugin: list[Path] = typer.Option([], "--plugin", help="A Python file registering more strategies (repeatable)."),
+) -> None:
+    """Score the catalog's frames with an exported model and select a budget to label (resumable)."""
+    from data_engine.catalog import CatalogError
+    from data_engine.mining import MineConfig, MineError, mine as run_mine
+    from data_engine.selection import SelectionConfig
+
+    try:
+        selection = SelectionConfig(_parse_weights(weights), diversity, dedup, min_gap)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    cfg = MineConfig(model=model, catalog=catalog, strategies=[s.strip() for s in strategy.split(",") if s.strip()],
+                     budget=budget, run=run, engine=engine, workers=workers, threads=threads, batch=batch,
+                     plugins=list(plugin), selection=selection)
+    try:
+        summary = run_mine(cfg, log=typer.echo)
+    except (MineError, CatalogError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"run {summary.run}: {summary.frames_scored} frames scored, {summary.frames_failed} failed; "
+               f"selected {summary.selected} (queued for labeling)")
+    for token, reason in summary.failures[:5]:
+        typer.echo(f"  failed {token}: {reason}")
+    for p in summary.picks:
+        typer.echo(f"  {p['frame']}  {p['score']:.3f}  {'; '.join(p['reasons'])}")
+
+
+@app.command()
+def similar(
+    frame: str = typer.Argument(..., help="A frame: sample token or catalog frame id."),
+    k: int = typer.Option(10, "--k", min=1, help="How many neighbours."),
+    catalog: Path = typer.Option(Path("catalog.db"), "--catalog", help="The frame catalog (SQLite)."),
+    run: str = typer.Option(None, "--run", help="Mining run whose embeddings to use (default: the latest)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """The frames nearest to one frame in the model's embedding space."""
+    import json
+
+    from data_engine.catalog import Catalog, CatalogError
+    from data_engine.selection import nearest_frames
+
+    try:
+        with Catalog.open(catalog, create=False) as cat:
+            run_name = run or cat.latest_run()
+            target = cat.frame(frame)
+            near = [(cat.frame(fid), d) for fid, d in nearest_frames(cat, cat.run_id(run_name), target.id, k)]
+    except (CatalogError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    if not as_json:
+        typer.echo(f"nearest to {target.sample_token} ({target.scene_name}#{target.frame_index}) in run {run_name}:")
+    for row, d in near:
+        if as_json:
+            typer.echo(json.dumps({"frame": row.sample_token, "distance": round(d, 6), "scene": row.scene_name,
+                                   "frame_index": row.frame_index, "label_state": row.label_state}))
+        else:
+            typer.echo(f"  {d:.4f}  {row.sample_token}  {row.scene_name}#{row.frame_index:<3} {row.label_state}")
+
+
+@app.command("queue")
+def queue_cmd(
+    run: str = typer.Option(..., "--run", help="The mining run whose picks to queue."),
+    out: Path = typer.Option(..., "--out", help="Queue directory to write (refused when it exists and is not empty)."),
+    catalog: Path = typer.Option(Path("catalog.db"), "--catalog", help="The frame catalog (SQLite)."),
+    image_url_prefix: str = typer.Option(
+        None, "--image-url-prefix",
+        help="Label Studio image URL = this + the image's absolute path. Default: '/data/local-files/?d=' + the "
+             "path without its leading '/' (Label Studio local files with LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=/)."),
+    thumb_width: int = typer.Option(320, "--thumb-width", min=16, help="Width of the review page's thumbnails, px."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing non-empty --out."),
+) -> None:
+    """Export a run's picks as a relabel queue: manifest, nuScenes predictions, review page, Label Studio tasks."""
+    from data_engine.catalog import CatalogError
+    from data_engine.relabel_queue import QueueError, write_queue
+
+    try:
+        s = write_queue(catalog, run, out, image_url_prefix=image_url_prefix, thumb_width=thumb_width, force=force)
+    except (CatalogError, QueueError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"queue of run {s.run!r}: {s.picks} frames from {s.datasets} dataset(s), {s.boxes} predicted boxes, "
+               f"{s.tasks} Label Studio tasks with {s.regions} regions -> {s.out}")
+    for label, path in (("manifest", s.manifest), ("predictions", s.predictions), ("review page", s.html),
+                        ("tasks", s.tasks_path), ("labeling config", s.config_path)):
+        typer.echo(f"  {label + ':':<17}{path}")
+
+
 if __name__ == "__main__":
     app()

@@ -37,6 +37,7 @@ __all__ = [
     "DetectionTargets",
     "gather_regression",
     "gaussian_radius",
+    "heatmap_peaks",
     "sigmoid",
 ]
 
@@ -311,7 +312,7 @@ class BoxCodec:
         heatmap, regression = np.asarray(heatmap), np.asarray(regression)
         if heatmap.ndim != 3:
             raise ValueError(f"expected heatmap [C, X, Y], got {heatmap.shape}")
-        peaks = self._peaks(heatmap[None])[0]
+        peaks = self.peak_mask(heatmap[None])[0]
         return self._decode_peaks(
             heatmap, regression, peaks, score_threshold, max_detections, nms_radius, nms_class_agnostic
         )
@@ -329,23 +330,17 @@ class BoxCodec:
         heatmap, regression = np.asarray(heatmap), np.asarray(regression)
         if heatmap.ndim != 4 or regression.ndim != 4 or len(heatmap) != len(regression):
             raise ValueError(f"expected [B, C, X, Y] and [B, 10, X, Y], got {heatmap.shape}, {regression.shape}")
-        peaks = self._peaks(heatmap)
+        peaks = self.peak_mask(heatmap)
         return [
             self._decode_peaks(h, r, p, score_threshold, max_detections, nms_radius, nms_class_agnostic)
             for h, r, p in zip(heatmap, regression, peaks)
         ]
 
-    def _peaks(self, heatmap: np.ndarray) -> np.ndarray:
-        """bool [B, C, X, Y]: cells equal to the 3x3 max of their channel (outside the map is -inf)."""
+    def peak_mask(self, heatmap: np.ndarray) -> np.ndarray:
+        """bool [B, C, X, Y]: cells equal to the 3x3 max of their channel (:func:`heatmap_peaks`)."""
         if heatmap.shape[1:] != self.heatmap_shape:
             raise ValueError(f"heatmap shape {heatmap.shape[1:]} != codec's (C, X, Y) {self.heatmap_shape}")
-        X, Y = heatmap.shape[-2:]
-        padded = np.pad(heatmap, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-        hmax = padded[..., 1:1 + X, 1:1 + Y].copy()
-        for di in range(3):
-            for dj in range(3):
-                np.maximum(hmax, padded[..., di:di + X, dj:dj + Y], out=hmax)
-        return heatmap == hmax
+        return heatmap_peaks(heatmap)
 
     def _decode_peaks(
         self,
@@ -386,6 +381,18 @@ class BoxCodec:
             )
             boxes = boxes.select(keep)
         return boxes
+
+
+def heatmap_peaks(heatmap: np.ndarray) -> np.ndarray:
+    """bool [..., X, Y]: cells equal to the 3x3 max of their [X, Y] map (outside the map is -inf)."""
+    X, Y = heatmap.shape[-2:]
+    lead = [(0, 0)] * (heatmap.ndim - 2)
+    padded = np.pad(heatmap, [*lead, (1, 1), (1, 1)], constant_values=-np.inf)
+    hmax = padded[..., 1:1 + X, 1:1 + Y].copy()
+    for di in range(3):
+        for dj in range(3):
+            np.maximum(hmax, padded[..., di:di + X, dj:dj + Y], out=hmax)
+    return heatmap == hmax
 
 
 def _pad(values: np.ndarray, length: int, fill: float, dtype: Any) -> np.ndarray:

@@ -18,7 +18,14 @@ import cv2
 import numpy as np
 
 from perception.data.schema import DETECTION_CLASSES
-from perception.geometry import BOX_EDGES, box_corners, invert_3x3, project, transform_points
+from perception.geometry import (
+    BOX_EDGES,
+    box_corners,
+    clip_segments_at_near,
+    invert_3x3,
+    project,
+    transform_points,
+)
 
 __all__ = [
     "CAMERA_LAYOUT",
@@ -139,14 +146,7 @@ def draw_boxes_on_image(
     thickness = _thickness(out) if boxes.style == "gt" else max(1, _thickness(out) - 1)
     corners = transform_points(cam_T_ego, box_corners(boxes.center, boxes.size, boxes.yaw))  # [B, 8, 3] camera frame
     pairs = np.asarray(BOX_EDGES + _FRONT_DIAGONALS)  # [E, 2]
-    a, b = corners[:, pairs[:, 0]], corners[:, pairs[:, 1]]  # [B, E, 3]
-    za, zb = a[..., 2], b[..., 2]
-    visible = (za >= near) | (zb >= near)
-    with np.errstate(divide="ignore", invalid="ignore"):  # t is only used on edges that cross z = near
-        t = np.clip((near - za) / (zb - za), 0.0, 1.0)[..., None]  # where the edge crosses z = near
-        crossing = a + (b - a) * t
-    a_clip = np.where((za < near)[..., None], crossing, a)
-    b_clip = np.where((zb < near)[..., None], crossing, b)
+    a_clip, b_clip, visible = clip_segments_at_near(corners[:, pairs[:, 0]], corners[:, pairs[:, 1]], near)  # [B, E]
     uv_a, _ = project(K, a_clip, eps=near * 0.5)
     uv_b, _ = project(K, b_clip, eps=near * 0.5)
     for i in range(len(boxes)):

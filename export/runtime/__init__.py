@@ -7,6 +7,7 @@ from .edge_model import (
            EdgeResult,
            PreparedFrame,
            RuntimeInputError,
+           StreamState,
            default_providers,
 )
 from .metadata import (
@@ -19,4 +20,5 @@ from .metadata import (
 )
 
 __all__ = ["FORMAT_VERSION", "INPUT_NAMES", "OUTPUT_NAMES", "PRECISIONS", "Camera", "EdgeModel", "EdgeResult",
-           "MetadataError", "ModelMetadata", "PreparedFrame", "RuntimeInputError", "default_providers"]
+           "MetadataError", "ModelMetadata", "PreparedFrame", "RuntimeInputError", "StreamState",
+           "default_providers"]

@@ -40,7 +40,7 @@ from perception.preprocess import (
 
 from .metadata import OUTPUT_NAMES, MetadataError, ModelMetadata
 
-__all__ = ["Camera", "EdgeModel", "EdgeResult", "PreparedFrame", "RuntimeInputError", "default_providers",
+__all__ = ["Camera", "EdgeModel", "EdgeResult", "PreparedFrame", "RuntimeInputError", "StreamState", "default_providers",
            "prepare_cameras"]
 
 # Execution providers in order of preference; the first ones present in this onnxruntime build are used.
@@ -165,6 +165,15 @@ def prepare_cameras(frames: Mapping[str, bytes | np.ndarray | str | Path | None]
                          {"jpeg_decode": 1e3 * t_decode, "preprocess": 1e3 * t_pre})
 
 
+@dataclass
+class StreamState:
+    """The video state of one stream between frames (empty at the start of a clip)."""
+
+    state: np.ndarray | None = None  # float32 [1, C, X, Y]
+    last_pose: np.ndarray | None = None  # [4, 4] global_T_ego of the last frame
+    last_time: float | None = None  # s
+
+
 class EdgeModel:
     """An exported model (.onnx with bevstack metadata) ready to run on raw frames."""
 
@@ -286,12 +295,10 @@ class EdgeModel:
         return self.codec.decode_batch(sigmoid(outputs["heatmap"]), outputs["regression"], self.score_threshold,
                                        self.max_detections)
 
-    # -- one stream with its video state --------------------------------------------------------------
+    # -- streams with their video state ---------------------------------------------------------------
     def reset(self) -> None:
         """Forget the video state: the next :meth:`step` starts a clip."""
-        self._state: np.ndarray | None = None
-        self._last_pose: np.ndarray | None = None
-        self._last_time: float | None = None
+        self._stream = StreamState()
 
     def step(self, frames: Mapping[str, bytes | np.ndarray | str | Path | None], rig: Mapping[str, Camera],
              global_T_ego: np.ndarray, timestamp: float,
@@ -302,30 +309,49 @@ class EdgeModel:
         restarts (zeros) at the first step, after :meth:`reset`, when time goes backwards, or after a
         gap longer than ``max_gap``.
         """
-        pose = np.asarray(global_T_ego, np.float64)
-        if pose.shape != (4, 4):
-            raise RuntimeInputError(f"global_T_ego: expected [4, 4], got {list(pose.shape)}")
         prepared = self.prepare(frames, rig, timestamp, camera_timestamps)
-        fresh = (self._state is None or self._last_time is None or self._last_pose is None
-                 or not 0.0 < timestamp - self._last_time <= self.max_gap)
-        if fresh:
-            state, prev_T_curr, dt = self.initial_state(1), np.eye(4), 0.0
-        else:
-            assert self._state is not None and self._last_pose is not None and self._last_time is not None
-            state, prev_T_curr, dt = self._state, invert_rigid(self._last_pose) @ pose, timestamp - self._last_time
+        return self.step_batch([prepared], [global_T_ego], [timestamp], [self._stream])[0]
+
+    def step_batch(self, prepared: Sequence[PreparedFrame], poses: Sequence[np.ndarray], timestamps: Sequence[float],
+                   streams: Sequence[StreamState]) -> list[EdgeResult]:
+        """One batched forward over the next frame of several independent streams (e.g. scenes mined
+        side by side): frame i is ``prepared[i]`` at pose ``poses[i]`` and time ``timestamps[i]`` (s) of
+        ``streams[i]``, whose video state is carried and updated as :meth:`step` does for one stream."""
+        if not (len(prepared) == len(poses) == len(timestamps) == len(streams)) or not prepared:
+            raise RuntimeInputError(f"step_batch: {len(prepared)} frames, {len(poses)} poses, {len(timestamps)} "
+                                    f"timestamps and {len(streams)} streams; expected the same number, >= 1")
+        B = len(prepared)
+        states = np.zeros((B, *self.metadata.state_shape), np.float32)
+        prev_T_curr = np.tile(np.eye(4, dtype=np.float32), (B, 1, 1))
+        dt = np.zeros(B, np.float32)
+        pose_list = []
+        for i, (pose, t, st) in enumerate(zip(poses, timestamps, streams)):
+            pose = np.asarray(pose, np.float64)
+            if pose.shape != (4, 4):
+                raise RuntimeInputError(f"global_T_ego: expected [4, 4], got {list(pose.shape)}")
+            pose_list.append(pose)
+            if (st.state is not None and st.last_pose is not None and st.last_time is not None
+                    and 0.0 < t - st.last_time <= self.max_gap):
+                states[i] = st.state
+                prev_T_curr[i] = invert_rigid(st.last_pose) @ pose
+                dt[i] = t - st.last_time
         t0 = time.perf_counter()
-        out = self.infer(prepared.images[None], prepared.K[None], prepared.ego_T_cam[None], prepared.cam_valid[None],
-                         state, prev_T_curr[None].astype(np.float32), np.array([dt], np.float32))
+        out = self.infer(np.stack([p.images for p in prepared]), np.stack([p.K for p in prepared]),
+                         np.stack([p.ego_T_cam for p in prepared]), np.stack([p.cam_valid for p in prepared]),
+                         states, prev_T_curr, dt)
         t1 = time.perf_counter()
-        heatmap = sigmoid(out["heatmap"][0])  # once, for the decoding and the result
-        boxes = self.codec.decode(heatmap, out["regression"][0], self.score_threshold, self.max_detections)
-        seg_prob = sigmoid(out["seg"][0])
+        heatmaps = sigmoid(out["heatmap"])  # once, for the decoding and the results
+        seg_probs = sigmoid(out["seg"])
+        boxes = self.codec.decode_batch(heatmaps, out["regression"], self.score_threshold, self.max_detections)
         t2 = time.perf_counter()
-        self._state, self._last_pose, self._last_time = out["state"], pose, float(timestamp)
         names = self.metadata.camera_names
-        return EdgeResult(
-            boxes=boxes, class_names=self.metadata.class_names, seg_prob=seg_prob,
-            seg_classes=self.metadata.seg_classes, heatmap=heatmap, embedding=out["embedding"][0],
-            cam_valid={n: bool(v) for n, v in zip(names, prepared.cam_valid)}, masked=prepared.masked,
-            timings_ms={**prepared.timings_ms, "inference": 1e3 * (t1 - t0), "decode": 1e3 * (t2 - t1)},
-        )
+        results = []
+        for i, (p, st) in enumerate(zip(prepared, streams)):
+            st.state, st.last_pose, st.last_time = out["state"][i:i + 1], pose_list[i], float(timestamps[i])
+            results.append(EdgeResult(
+                boxes=boxes[i], class_names=self.metadata.class_names, seg_prob=seg_probs[i],
+                seg_classes=self.metadata.seg_classes, heatmap=heatmaps[i], embedding=out["embedding"][i],
+                cam_valid={n: bool(v) for n, v in zip(names, p.cam_valid)}, masked=p.masked,
+                timings_ms={**p.timings_ms, "inference": 1e3 * (t1 - t0) / B, "decode": 1e3 * (t2 - t1) / B},
+            ))
+        return results

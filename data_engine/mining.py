@@ -1,0 +1,351 @@
+"""`data-engine mine`: run an exported model over the catalog's frames, score them, select a budget.
+
+The model runs as shadow mode runs it in the car: scene by scene, frames in time order, the video
+state carried from frame to frame (so temporal triggers such as flicker see what the car would see).
+Scenes are the unit of work everywhere: a worker scores whole scenes (``batch`` scenes side by side,
+one batched forward per step), and the driver writes each scene's results in one catalog transaction.
+A killed run is resumed by running the same command again: written scenes are skipped, an unfinished
+scene is scored again from its first frame, and a frame already holding a result in the run is never
+written twice. The driver is the only writer of the catalog, with either engine:
+
+- ``local``: ``workers`` processes (0 or 1: in this process), each with its own onnxruntime session;
+- ``ray``: Ray Data, one onnxruntime actor per worker, one block per scene.
+
+Memory stays flat: only the scenes in flight are held, and results leave for the catalog per scene.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perception.data.nuscenes import DatasetError, NuScenesDataset, load_dataset
+
+from .catalog import Catalog, CatalogError, FrameResult, FrameRow
+from .selection import SelectionConfig, select
+from .strategies import (
+    FrameOutput,
+    RunStrategy,
+    Strategy,
+    StrategyError,
+    load_plugins,
+    make_strategy,
+)
+
+__all__ = ["MineConfig", "MineError", "MineSummary", "SceneJob", "mine", "score_scenes"]
+
+ENGINES = ("local", "ray")
+
+
+class MineError(ValueError):
+    """Mining cannot start or continue; the message names the model, catalog, strategy or frame."""
+
+
+@dataclass
+class MineConfig:
+    model: Path  # the exported .onnx
+    catalog: Path
+    strategies: list[str]  # specs, e.g. ["det_entropy", "rare:trailer@0.3"]
+    budget: int  # frames to select
+    run: str | None = None  # run name; default derived from the model and strategies (so a re-run resumes)
+    engine: str = "local"
+    workers: int = 1
+    threads: int | None = None  # onnxruntime threads per worker (default: cores / workers)
+    batch: int = 1  # scenes scored side by side per worker
+    plugins: list[Path] = field(default_factory=list)  # user strategy files
+    score_threshold: float = 0.1  # boxes kept in the catalog (for the queue and the triggers)
+    max_boxes: int = 100  # per frame, stored
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class SceneJob:
+    """One scene to score: its frames in time order (all of one dataset)."""
+
+    dataset_id: int
+    scene_token: str
+    frames: tuple[FrameRow, ...]
+    labels_root: str | None = None  # where labeled frames' labels are read (the latest dataset version)
+
+
+@dataclass
+class MineSummary:
+    run: str
+    resumed: bool
+    scenes: int  # scored by this invocation
+    scenes_skipped: int  # already done by an earlier invocation
+    frames_scored: int
+    frames_failed: int
+    failures: list[tuple[str, str]]  # (sample token, reason), first ones
+    selected: int
+    picks: list[dict[str, Any]]  # the first picks: frame, score, reasons
+
+
+# -- scoring one scene (in a worker) ----------------------------------------------------------------------
+class SceneScorer:
+    """One onnxruntime session and the strategies; scores scenes. Lives in a worker or a Ray actor."""
+
+    def __init__(self, model: str | Path, strategies: Sequence[str], plugins: Sequence[str | Path] = (),
+                 threads: int | None = None, score_threshold: float = 0.1, max_boxes: int = 100) -> None:
+        from export.runtime import EdgeModel  # the edge runtime: numpy + onnxruntime
+
+        load_plugins(plugins)
+        self.model = EdgeModel(model, threads=threads, score_threshold=score_threshold)
+        self.strategies = [s for s in (make_strategy(x) for x in strategies) if not isinstance(s, RunStrategy)]
+        self.max_boxes = max_boxes
+        self._readers: dict[str, NuScenesDataset | None] = {}
+        meta = self.model.metadata
+        self.det_grid = self.model.preset.det_grid
+        self.static_batch = meta.static_batch
+
+    def _reader(self, root: str) -> NuScenesDataset | None:
+        if root not in self._readers:
+            try:
+                self._readers[root] = load_dataset(root)
+            except (DatasetError, OSError):
+                self._readers[root] = None
+        return self._readers[root]
+
+    def _labels(self, job: SceneJob, frame: FrameRow, reader: NuScenesDataset) -> Any:
+        from perception.metrics.nuscenes_io import ground_truth
+
+        if job.labels_root is not None:
+            version = self._reader(job.labels_root)
+            if version is not None:
+                try:
+                    return ground_truth(version, version.sample(frame.sample_token))
+                except DatasetError:
+                    pass  # not in the version: the frame's own dataset holds its labels
+        return ground_truth(reader, reader.sample(frame.sample_token))
+
+    def score_scenes(self, jobs: Sequence[SceneJob]) -> list[tuple[SceneJob, list[FrameResult]]]:
+        """Score scenes side by side: step t runs frame t of every scene still going, in one batch."""
+        from export.runtime import Camera, RuntimeInputError, StreamState
+
+        streams = [StreamState() for _ in jobs]
+        results: list[list[FrameResult]] = [[] for _ in jobs]
+        prev: list[FrameOutput | None] = [None for _ in jobs]
+        longest = max(len(j.frames) for j in jobs)
+        for t in range(longest):
+            batch: list[tuple[int, Any, Any, FrameRow, Any]] = []
+            for i, job in enumerate(jobs):
+                if t >= len(job.frames):
+                    continue
+                frame = job.frames[t]
+                reader = self._reader(frame.dataset_root)
+                try:
+                    if reader is None:
+                        raise MineError(f"{frame.dataset_root}: the dataset cannot be read")
+                    sample = reader.sample(frame.sample_token)
+                    rig, images, cam_times, unreadable = {}, {}, {}, {}
+                    for name in self.model.metadata.camera_names:
+                        cam = sample.cameras.get(name)
+                        if cam is None:
+                            raise MineError(f"{name}: the sample has no such camera")
+                        rig[name] = Camera(cam.K, sample.ref_T_cam(name), (cam.height, cam.width))
+                        try:
+                            images[name] = cam.path.read_bytes()
+                        except OSError as exc:
+                            images[name] = None
+                            unreadable[name] = f"{cam.filename}: {exc.strerror or exc}"
+                        cam_times[name] = cam.timestamp / 1e6
+                    prepared = self.model.prepare(images, rig, sample.timestamp / 1e6, cam_times)
+                    problems = {**prepared.masked, **unreadable}
+                    if problems:  # a frame mined with a camera missing would be scored on what the model did not see
+                        raise MineError("; ".join(f"{k}: {v}" for k, v in sorted(problems.items())))
+                    labels = None
+                    if frame.label_state == "labeled" and any(s.needs_labels for s in self.strategies):
+                        labels = self._labels(job, frame, reader)
+                except (MineError, DatasetError, RuntimeInputError) as exc:
+                    results[i].append(FrameResult(frame.id, status="failed", reason=str(exc)))
+                    continue
+                batch.append((i, prepared, sample, frame, labels))
+            if not batch:
+                continue
+            chunk = self.static_batch or len(batch)
+            for k in range(0, len(batch), chunk):
+                part = batch[k:k + chunk]
+                outs = self.model.step_batch([b[1] for b in part], [b[2].global_T_ego for b in part],
+                                             [b[2].timestamp / 1e6 for b in part], [streams[b[0]] for b in part])
+                for (i, _, sample, frame, labels), res in zip(part, outs):
+                    out = FrameOutput(token=frame.sample_token, timestamp=sample.timestamp / 1e6,
+                                      global_T_ego=sample.global_T_ego, boxes=res.boxes, class_names=res.class_names,
+                                      heatmap=res.heatmap, seg_prob=res.seg_prob, seg_classes=res.seg_classes,
+                                      embedding=res.embedding, det_grid=self.det_grid, labels=labels)
+                    scores = {}
+                    for strategy in self.strategies:
+                        if strategy.needs_labels and labels is None:
+                            continue
+                        value, details = strategy.score(out, prev[i])
+                        details = {**details, "fired": bool(strategy.fired(value, details))}
+                        scores[strategy.name] = (float(value), details)
+                    results[i].append(FrameResult(frame.id, embedding=res.embedding.astype(np.float32),
+                                                  predictions=_predictions(res, self.max_boxes), scores=scores))
+                    prev[i] = out
+        return list(zip(jobs, results))
+
+
+def _predictions(res: Any, max_boxes: int) -> list[dict[str, Any]]:
+    """The catalog form of a frame's boxes (catalog.PREDICTION_KEYS), the best ``max_boxes``."""
+    b = res.boxes
+    return [{"class": res.class_names[int(b.label[i])], "score": round(float(b.score[i]), 4),
+             "center": [round(float(v), 3) for v in b.center[i]], "size": [round(float(v), 3) for v in b.size[i]],
+             "yaw": round(float(b.yaw[i]), 4), "velocity": [round(float(v), 3) for v in b.velocity[i]]}
+            for i in range(min(len(b), max_boxes))]
+
+
+# -- the local engine ---------------------------------------------------------------------------------------
+_WORKER: SceneScorer | None = None
+
+
+def _init_worker(kwargs: dict[str, Any]) -> None:
+    global _WORKER
+    _WORKER = SceneScorer(**kwargs)
+
+
+def _score_in_worker(jobs: list[SceneJob]) -> list[tuple[SceneJob, list[FrameResult]]]:
+    assert _WORKER is not None
+    return _WORKER.score_scenes(jobs)
+
+
+def _groups(jobs: Sequence[SceneJob], batch: int) -> list[list[SceneJob]]:
+    """Scenes of similar length side by side (fewer idle batch slots), ``batch`` per group."""
+    ordered = sorted(jobs, key=lambda j: -len(j.frames))
+    return [ordered[i:i + batch] for i in range(0, len(ordered), batch)]
+
+
+def score_scenes(jobs: Sequence[SceneJob], scorer_kwargs: dict[str, Any], workers: int, batch: int,
+                 engine: str = "local") -> Iterator[tuple[SceneJob, list[FrameResult]]]:
+    """Score scenes with the chosen engine; yields each scene's results as it finishes."""
+    if engine == "ray":
+        from .ray_engine import score_scenes_ray
+
+        yield from score_scenes_ray(jobs, scorer_kwargs, workers)
+        return
+    groups = _groups(jobs, batch)
+    if workers <= 1:
+        scorer = SceneScorer(**scorer_kwargs)
+        for group in groups:
+            yield from scorer.score_scenes(group)
+        return
+    ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no inherited sessions or threads
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(scorer_kwargs,)) as pool:
+        for done in pool.imap_unordered(_score_in_worker, groups):
+            yield from done
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_run_name(model_sha: str, strategies: Sequence[str], budget: int) -> str:
+    key = hashlib.sha256(json.dumps([list(strategies), budget]).encode()).hexdigest()[:6]
+    return f"mine-{model_sha[:8]}-{key}"
+
+
+def _check(cfg: MineConfig) -> list[Strategy]:
+    if not cfg.model.is_file():
+        raise MineError(f"{cfg.model}: model file missing (export one with `perception export`)")
+    if cfg.engine not in ENGINES:
+        raise MineError(f"--engine {cfg.engine!r}: expected one of {', '.join(ENGINES)}")
+    if cfg.budget < 1:
+        raise MineError(f"--budget must be >= 1, got {cfg.budget}")
+    if cfg.workers < 0 or cfg.batch < 1:
+        raise MineError(f"--workers must be >= 0 and --batch >= 1, got {cfg.workers} and {cfg.batch}")
+    if not cfg.strategies:
+        raise MineError("name at least one strategy with --strategy")
+    load_plugins(cfg.plugins)
+    strategies = [make_strategy(s) for s in cfg.strategies]
+    targets = {s.target for s in strategies}
+    if len(targets) > 1:
+        qa = [s.name for s in strategies if s.target == "labeled"]
+        raise MineError(f"{', '.join(qa)} rank labeled frames (label QA) and the others rank unlabeled ones; "
+                        "mine them in separate runs")
+    unknown = set(cfg.selection.weights) - {s.name for s in strategies}
+    if unknown:
+        raise MineError(f"--weights names {sorted(unknown)}, which are not among the strategies {cfg.strategies}")
+    return strategies
+
+
+def mine(cfg: MineConfig, log: Callable[[str], None] = print) -> MineSummary:
+    """Score the catalog's frames with ``cfg.strategies`` and select ``cfg.budget`` of them (resumable)."""
+    try:
+        strategies = _check(cfg)
+    except StrategyError as exc:
+        raise MineError(str(exc)) from None
+    target = strategies[0].target
+    states = [target] + (["labeled"] if target == "unlabeled" and any(s.needs_reference for s in strategies) else [])
+    sha = file_sha256(cfg.model)
+    name = cfg.run or default_run_name(sha, cfg.strategies, cfg.budget)
+    with Catalog.open(cfg.catalog, create=False) as cat:
+        settings = {"states": states, "batch": cfg.batch, "score_threshold": cfg.score_threshold,
+                    "selection": asdict(cfg.selection), "plugins": [str(p) for p in cfg.plugins]}
+        run_id, resumed = cat.start_run(name, str(cfg.model.resolve()), sha, cfg.strategies, cfg.budget, cfg.engine,
+                                        settings)
+        labels_root = cat.latest_version_root()
+        scenes = cat.scene_frames(states)
+        if not any(s[2] for s in scenes):
+            raise MineError(f"{cfg.catalog}: no {' or '.join(states)} frames to mine")
+        done = cat.done_scenes(run_id)
+        todo = [SceneJob(d, tok, tuple(frames), labels_root) for d, tok, frames in scenes if (d, tok) not in done]
+        log(f"mining run {name} ({'resumed' if resumed else 'new'}): {len(todo)} scenes to score, "
+            f"{len(scenes) - len(todo)} already scored; engine {cfg.engine}, {cfg.workers} worker(s)")
+        threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, cfg.workers))
+        scorer_kwargs = {"model": str(cfg.model.resolve()), "strategies": list(cfg.strategies),
+                         "plugins": [str(p) for p in cfg.plugins], "threads": threads,
+                         "score_threshold": cfg.score_threshold, "max_boxes": cfg.max_boxes}
+        scored = failed = 0
+        failures: list[tuple[str, str]] = []
+        from tqdm import tqdm
+
+        total = sum(len(j.frames) for j in todo)
+        tokens = {f.id: f.sample_token for j in todo for f in j.frames}
+        with tqdm(total=total, unit="frame", desc="scoring", disable=not cfg.progress) as bar:
+            try:
+                for job, results in score_scenes(todo, scorer_kwargs, cfg.workers, cfg.batch, cfg.engine):
+                    cat.write_scene(run_id, job.dataset_id, job.scene_token, results)
+                    for r in results:
+                        if r.status == "failed":
+                            failed += 1
+                            if len(failures) < 20:
+                                failures.append((tokens.get(r.frame_id, str(r.frame_id)), r.reason or ""))
+                        else:
+                            scored += 1
+                    bar.update(len(results))
+            except StrategyError as exc:
+                cat.set_run_status(run_id, "failed")
+                raise MineError(str(exc)) from None
+        for s in strategies:
+            if isinstance(s, RunStrategy):
+                ids, emb = cat.run_embeddings(run_id, [target])
+                _, ref = cat.run_embeddings(run_id, ["labeled"])
+                try:
+                    values = s.score_run(emb, ref)
+                except StrategyError as exc:
+                    cat.set_run_status(run_id, "failed")
+                    raise MineError(str(exc)) from None
+                cat.add_scores(run_id, s.name, {int(f): v for f, v in zip(ids, values)})
+        picks = select(cat, run_id, strategies, cfg.budget, target, cfg.selection)
+        cat.write_selection(run_id, [(p.frame_id, p.score, p.reasons) for p in picks], queue=target == "unlabeled")
+        first = [{"frame": p.token, "score": round(p.score, 4), "reasons": p.reasons} for p in picks[:5]]
+        all_failed = cat.conn.execute("SELECT COUNT(*) FROM frame_results WHERE run_id = ? AND status = 'failed'",
+                                      (run_id,)).fetchone()[0]
+        all_scored = cat.conn.execute("SELECT COUNT(*) FROM frame_results WHERE run_id = ? AND status = 'scored'",
+                                      (run_id,)).fetchone()[0]
+    return MineSummary(name, resumed, len(todo), len(scenes) - len(todo), int(all_scored), int(all_failed),
+                       failures, len(picks), first)
+
