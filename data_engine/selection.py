@@ -135,8 +135,9 @@ def select(cat: Catalog, run_id: int, strategies: Sequence[Strategy], budget: in
             elif not s.trigger and norm[s.name][j] >= 0.8:
                 reasons.append(f"{s.name} {values[s.name][j]:.4g} (top {100 * (1 - norm[s.name][j]) + 100 / len(ids):.0f}%)")
         if cfg.diversity > 0:
-            near = "no labeled frame yet" if not np.isfinite(dist[j]) else f"{dist[j]:.3f}"
-            reasons.append(f"diversity: embedding distance to the nearest labeled or picked frame {near}")
+            reasons.append("diversity: the first pick, nothing labeled or picked to compare with"
+                           if not np.isfinite(dist[j]) else
+                           f"diversity: embedding distance {dist[j]:.3f} to the nearest labeled or picked frame")
         if not reasons:
             reasons.append(f"combined score {combined[j]:.3f}")
         picks.append(Pick(int(ids[j]), rows[int(ids[j])][2], float(combined[j]), reasons))

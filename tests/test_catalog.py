@@ -105,3 +105,26 @@ def test_schema_versions_and_bad_files(tmp_path) -> None:
         Catalog.open(junk)
     with pytest.raises(CatalogError, match="no catalog here"):
         Catalog.open(tmp_path / "missing.db", create=False)
+
+
+def test_a_version_1_catalog_migrates_with_its_rows(tmp_path) -> None:
+    from data_engine.catalog import MIGRATIONS, _statements
+
+    db = tmp_path / "v1.db"
+    conn = sqlite3.connect(db)
+    for statement in _statements(MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO datasets (root, version, labeled, registered_at) VALUES ('/d', 'v1.0-x', 0, 0)")
+    conn.execute("INSERT INTO frames (dataset_id, sample_token, scene_token, scene_name, frame_index, timestamp,"
+                 " conditions, cameras, label_state) VALUES (1, 's', 'sc', 'scene-0', 0, 0, 'night', '{}', 'unlabeled')")
+    conn.execute("INSERT INTO mining_runs (name, model, model_sha256, strategies, budget, engine, status, config,"
+                 " created_at) VALUES ('old', 'm', 'x', '[]', 1, 'local', 'scored', '{}', 0)")
+    conn.execute("INSERT INTO frame_results (run_id, frame_id, status) VALUES (1, 1, 'scored')")
+    conn.commit()
+    conn.close()
+    with Catalog.open(db) as cat:
+        assert cat.schema_version == SCHEMA_VERSION >= 2
+        assert [r.sample_token for r in cat.query(condition="night")] == ["s"]
+        assert cat.frame_predictions(cat.run_id("old"), 1) == []  # the new column, empty for old rows
+        assert cat.done_scenes(cat.run_id("old")) == set()
