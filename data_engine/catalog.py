@@ -145,6 +145,20 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (batch_id, frame_id)
     );
     """,
+    # 2 -> 3: the closed loop's rounds and their metrics.
+    """
+    CREATE TABLE loop_rounds (
+        loop TEXT NOT NULL,                  -- the loop's name (its output directory)
+        arm TEXT NOT NULL,                   -- the selection strategy arm, or "random"
+        seed INTEGER NOT NULL,
+        round INTEGER NOT NULL,              -- 0: the seed set
+        labeled_frames INTEGER NOT NULL,     -- frames the round's model trained on
+        version TEXT NOT NULL,               -- the dataset version it trained on ("seed" for round 0)
+        metrics TEXT NOT NULL,               -- JSON: the val metrics
+        created_at REAL NOT NULL,
+        PRIMARY KEY (loop, arm, seed, round)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -572,6 +586,22 @@ class Catalog:
                 "SELECT strategy, score FROM scores WHERE run_id = ? AND frame_id = ?", (run_id, fr.id))}
             out.append(Selection(fr, int(rank), float(score), json.loads(reasons), raw, json.loads(preds) if preds else []))
         return out
+
+    def record_loop_round(self, loop: str, arm: str, seed: int, rnd: int, labeled_frames: int, version: str,
+                          metrics: dict[str, Any]) -> None:
+        """Record (or replace) one round of a closed loop, in one transaction."""
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO loop_rounds (loop, arm, seed, round, labeled_frames, version, metrics,"
+                      " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                      (loop, arm, seed, rnd, labeled_frames, version, json.dumps(metrics), time.time()))
+
+    def loop_rounds(self, loop: str | None = None) -> list[dict[str, Any]]:
+        """The recorded loop rounds (of one loop, or all), in loop, arm, seed and round order."""
+        sql = "SELECT loop, arm, seed, round, labeled_frames, version, metrics FROM loop_rounds"
+        rows = self.conn.execute(sql + (" WHERE loop = ?" if loop else "") + " ORDER BY loop, arm, seed, round",
+                                 (loop,) if loop else ()).fetchall()
+        keys = ("loop", "arm", "seed", "round", "labeled_frames", "version", "metrics")
+        return [{**dict(zip(keys, r)), "metrics": json.loads(r[6])} for r in rows]
 
     def latest_version_root(self) -> str | None:
         """The root of the newest dataset version, or None before the first ingest."""

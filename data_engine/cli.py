@@ -50,13 +50,23 @@ def synth(
     workers: int = typer.Option(0, "--workers", help="Worker processes (0: one per CPU core)."),
     unlabeled: bool = typer.Option(False, "--unlabeled", help="Write frames without annotations, as a fleet delivers them."),
     sweeps: bool = typer.Option(False, "--sweeps", help="Also write the non-key camera frames at 12 Hz."),
+    first_scene: int = typer.Option(0, "--first-scene", help="Index of the first scene (disjoint worlds of one seed)."),
+    quotas: str = typer.Option(None, "--quotas", help="A condition-balanced val set: scenes per condition, e.g. "
+                               "night=4,fog=4,day=4 (summing to --scenes; all in the val split)."),
 ) -> None:
     """Render a synthetic multi-camera world into a nuScenes v1.0 dataset (resumable)."""
     from data_engine.synth import SynthConfig, SynthError, default_workers, synthesize
     from data_engine.synth_report import print_summary
 
+    quota_map = None
+    if quotas:
+        try:
+            quota_map = {k.strip(): int(v) for k, v in (part.split("=") for part in quotas.split(",") if part.strip())}
+        except ValueError:
+            raise _fail(f"--quotas: expected CONDITION=N[,...], got {quotas!r}") from None
     cfg = SynthConfig(out=out, scenes=scenes, frames=frames, seed=seed, width=width, height=height,
-                      workers=workers or default_workers(), unlabeled=unlabeled, sweeps=sweeps)
+                      workers=workers or default_workers(), unlabeled=unlabeled, sweeps=sweeps,
+                      first_scene=first_scene, quotas=quota_map)
     try:
         summary = synthesize(cfg)
     except SynthError as exc:
@@ -416,6 +426,34 @@ def qa(
     for kk, prec in report["precision_at"].items():
         recall = ", ".join(f"{kind} {r:.2f}" for kind, r in report["recall_by_kind_at"][kk].items())
         typer.echo(f"  precision@{kk}: {prec:.3f}   recall of errors by kind: {recall}")
+
+
+@app.command()
+def loop(
+    config: Path = typer.Option(..., "--config", help="The loop's YAML (see configs/loop_tiny.yaml)."),
+    out: str = typer.Option(None, "--out", help="Output directory (overrides the config's out)."),
+    seeds: str = typer.Option(None, "--seeds", help="Seeds, comma-separated (overrides the config's seeds)."),
+) -> None:
+    """The closed loop: rounds of train, export, mine, queue, label, ingest, retrain; per strategy and random."""
+    from data_engine.loop import LoopError, load_loop_config, run_loop
+
+    overrides: dict[str, object] = {}
+    if out:
+        overrides["out"] = out
+    if seeds:
+        try:
+            overrides["seeds"] = [int(x) for x in seeds.split(",") if x.strip()]
+        except ValueError:
+            raise _fail(f"--seeds: expected integers separated by commas, got {seeds!r}") from None
+    try:
+        cfg = load_loop_config(config, overrides)
+        report = run_loop(cfg, log=typer.echo)
+    except LoopError as exc:
+        raise _fail(str(exc)) from None
+    from data_engine.loop import format_report
+
+    typer.echo(format_report(report))
+    typer.echo(f"wrote {Path(cfg.out) / 'loop_report.json'}, loop_report.md and learning_curves.png")
 
 
 if __name__ == "__main__":

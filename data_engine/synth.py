@@ -82,9 +82,24 @@ class SynthConfig:
     workers: int = 1
     unlabeled: bool = False
     sweeps: bool = False
+    first_scene: int = 0  # index of the first scene: worlds of one seed with disjoint scenes (a seed set and a pool)
+    # Scene quotas per condition ("night": 4, ...): the first scenes from first_scene on whose conditions
+    # fill a quota are rendered (``scenes`` must be the quotas' sum), all in the val split. A
+    # condition-balanced val set, since the world draws night, fog and the rare classes rarely.
+    quotas: dict[str, int] | None = None
 
     def validate(self) -> None:
         problems = []
+        if self.first_scene < 0:
+            problems.append(f"--first-scene must be >= 0, got {self.first_scene}")
+        if self.quotas is not None:
+            from perception.data.schema import CONDITIONS
+
+            bad = sorted(set(self.quotas) - set(CONDITIONS))
+            if bad:
+                problems.append(f"--quotas: unknown conditions {bad}; expected some of {', '.join(CONDITIONS)}")
+            if any(v < 1 for v in self.quotas.values()) or sum(self.quotas.values()) != self.scenes:
+                problems.append(f"--quotas {self.quotas}: each >= 1, summing to --scenes {self.scenes}")
         if self.scenes < 1:
             problems.append(f"--scenes must be >= 1, got {self.scenes}")
         if self.frames < 2:
@@ -104,6 +119,9 @@ class SynthConfig:
         d = asdict(self)
         d.pop("out")
         d.pop("workers")
+        for key, default in (("first_scene", 0), ("quotas", None)):  # recipes written before these keys stay valid
+            if d[key] == default:
+                d.pop(key)
         d["format"] = SYNTH_FORMAT
         d["world"] = world_digest()
         return d
@@ -191,6 +209,27 @@ def _tick() -> None:
     if _progress is not None:
         with _progress.get_lock():
             _progress.value += 1
+
+
+def scene_indices(cfg: SynthConfig) -> list[int]:
+    """The world's scene indices ``cfg`` renders, in order (see ``SynthConfig.quotas``)."""
+    if cfg.quotas is None:
+        return list(range(cfg.first_scene, cfg.first_scene + cfg.scenes))
+    from perception.data.schema import parse_conditions
+
+    from .sim.world import scene_spec
+
+    need, picked, i = dict(cfg.quotas), [], cfg.first_scene
+    while any(need.values()):
+        if i - cfg.first_scene > 100_000:
+            raise SynthError(f"--quotas {cfg.quotas}: the world did not draw enough such scenes")
+        words = parse_conditions(scene_spec(cfg.seed, i, cfg.frames).conditions.description())
+        hit = next((w for w in words if need.get(w, 0) > 0), None)
+        if hit is not None:
+            need[hit] -= 1
+            picked.append(i)
+        i += 1
+    return picked
 
 
 def _render_scene(cfg: SynthConfig, index: int) -> str:
@@ -315,7 +354,7 @@ def prepare_output(cfg: SynthConfig) -> list[int]:
                 tmp.unlink()
         _write_bytes(recipe_path, json.dumps(cfg.recipe(), indent=1).encode())
     todo = []
-    for i in range(cfg.scenes):
+    for i in scene_indices(cfg):
         f = _scene_file(root, i)
         try:
             json.loads(f.read_text())
@@ -391,7 +430,7 @@ def assemble(cfg: SynthConfig) -> SynthSummary:
     for name, rows in static_records(cfg.seed).items():
         tables[name] = rows
     names = []
-    for i in range(cfg.scenes):
+    for i in scene_indices(cfg):
         rows = json.loads(_scene_file(root, i).read_text())
         for name, part in rows.items():
             tables[name] += part
@@ -400,7 +439,7 @@ def assemble(cfg: SynthConfig) -> SynthSummary:
     table_dir.mkdir(exist_ok=True)
     for name in TABLES:
         _write_bytes(table_dir / f"{name}.json", json.dumps(tables[name], indent=0).encode())
-    splits = split_scenes(names)
+    splits = split_scenes(names) if cfg.quotas is None else {TRAIN_SPLIT: [], VAL_SPLIT: names}
     _write_bytes(table_dir / "splits.json", json.dumps(splits, indent=1).encode())
     # Histograms of classes and conditions.
     cat_by_token = {c["token"]: c["name"] for c in tables["category"]}

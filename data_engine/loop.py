@@ -1,0 +1,384 @@
+"""`data-engine loop`: the closed loop, measured. Rounds of train -> export -> mine -> queue -> label
+(the world's oracle) -> ingest -> retrain, one arm per selection strategy and one for random
+selection at the same budget, from the same seed labeled set and the same unlabeled pool.
+
+Every round retrains from the same initialization (the run's seed) for the same number of steps on
+the arm's newest dataset version, and is evaluated on the same val set (the seed dataset's val split
+or a separate ``val_data``, never part of the pool). Round 0 (the seed set) is trained once and
+shared by the arms. Each round's metrics are recorded in the arm's catalog (``loop_rounds``) and in
+``loop_report.json`` / ``loop_report.md`` with learning curves (metric against labeled frames) in
+``learning_curves.png``. The loop resumes round by round: every step leaves a file or a catalog row,
+and a step whose output exists is not done again.
+
+    out/
+      loop.yaml                          the configuration as run
+      seed<S>/round0/train/last.pt       the shared seed-set model, eval.json
+      seed<S>/<arm>/catalog.db           the arm's catalog (the seed set, the pool, runs, versions)
+      seed<S>/<arm>/versions/round<r>/   the dataset version the round-r model trains on
+      seed<S>/<arm>/round<r>/            train/, eval.json, export/, queue/, labels.json
+      loop_report.json, loop_report.md, learning_curves.png
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .catalog import Catalog, CatalogError
+
+__all__ = ["Arm", "LoopConfig", "LoopError", "load_loop_config", "run_loop"]
+
+# The metrics of a round, read from `perception eval`'s report: name -> how to find it.
+HEADLINE = ("mAP", "NDS", "vehicle_iou", "ap_construction_vehicle", "ap_trailer", "mAP_night", "mAP_fog",
+            "vehicle_iou_night", "vehicle_iou_fog")
+
+
+class LoopError(ValueError):
+    """A loop configuration or state that cannot be used; the message names the key or file."""
+
+
+@dataclass
+class Arm:
+    name: str  # a directory name
+    strategies: list[str]  # `data-engine mine --strategy` specs; ["random"] for the baseline
+
+
+@dataclass
+class LoopConfig:
+    seed_data: str  # labeled nuScenes-format dataset: its train split seeds the loop
+    pool: str  # unlabeled pool (a dataset written by `data-engine synth`, so the oracle can label it)
+    out: str = "runs/loop"
+    val_data: str | None = None  # the labeled val set; default: seed_data's val split
+    val_split: str | None = None  # its split (default: the dataset's val split)
+    train_config: str = "configs/tiny_cpu.yaml"  # `perception train` config every round trains with
+    train_overrides: list[str] = field(default_factory=list)  # key=value overrides of it
+    steps: int = 300  # optimizer steps per round, from the same initialization
+    rounds: int = 3  # mining rounds (so rounds + 1 models per arm)
+    budget: int = 20  # frames labeled per round
+    arms: list[Arm] = field(default_factory=lambda: [Arm("uncertainty", ["det_entropy"]), Arm("random", ["random"])])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    precision: str = "fp32"  # the exported model mining runs
+    engine: str = "local"
+    workers: int = 1
+    diversity: float = 0.3
+    min_gap: float = 2.0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        for key in ("seed_data", "pool"):
+            if not Path(getattr(self, key)).is_dir():
+                raise LoopError(f"{key}: {getattr(self, key)} is not a dataset directory")
+        if self.val_data is not None and not Path(self.val_data).is_dir():
+            raise LoopError(f"val_data: {self.val_data} is not a dataset directory")
+        if not Path(self.train_config).is_file():
+            raise LoopError(f"train_config: {self.train_config} is missing")
+        if self.rounds < 1 or self.budget < 1 or self.steps < 1:
+            raise LoopError("rounds, budget and steps must be >= 1")
+        names = [a.name for a in self.arms]
+        if not names or len(set(names)) != len(names) or not all(n.replace("_", "").replace("-", "").isalnum()
+                                                                  for n in names):
+            raise LoopError(f"arms: need unique names of letters, digits, '-' and '_', got {names}")
+        pool = Path(self.pool).resolve()
+        for key in ("seed_data", "val_data"):
+            value = getattr(self, key)
+            if value is not None and Path(value).resolve() == pool:
+                raise LoopError(f"{key}: {value} is the pool; the val and seed sets must never be in the pool")
+        if self.precision not in ("fp32", "int8"):
+            raise LoopError(f"precision: fp32 or int8, got {self.precision!r}")
+
+
+def load_loop_config(path: str | Path, overrides: dict[str, Any] | None = None) -> LoopConfig:
+    """Read a loop YAML (keys of :class:`LoopConfig`; arms as a list of {name, strategies})."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise LoopError(f"{path}: cannot read the loop config ({exc})") from None
+    raw.update(overrides or {})
+    known = set(LoopConfig.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise LoopError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+    if "arms" in raw:
+        try:
+            raw["arms"] = [Arm(str(a["name"]), [str(s) for s in (a["strategies"] if isinstance(a["strategies"], list)
+                                                                  else str(a["strategies"]).split(","))])
+                           for a in raw["arms"]]
+        except (TypeError, KeyError) as exc:
+            raise LoopError(f"{path}: arms: each needs a name and strategies ({exc})") from None
+    try:
+        cfg = LoopConfig(**raw)
+    except TypeError as exc:
+        raise LoopError(f"{path}: {exc}") from None
+    cfg.validate()
+    return cfg
+
+
+# -- the steps of a round -----------------------------------------------------------------------------------
+def _train(cfg: LoopConfig, data: Path, out_dir: Path, seed: int, log: Callable[[str], None]) -> Path:
+    """Train the round's model (skipped when its final checkpoint exists); returns last.pt."""
+    ckpt = out_dir / "train" / "last.pt"
+    done = out_dir / "train" / "done"
+    if done.is_file() and ckpt.is_file():
+        return ckpt
+    from perception.config import load_config
+    from perception.training.trainer import train
+
+    overrides = [*cfg.train_overrides, f"train.data={data}", f"train.out_root={out_dir}", "train.name=train",
+                 f"train.steps={cfg.steps}", f"train.seed={seed}", "train.val_split=null", "train.vis_every=0",
+                 f"train.ckpt_every={cfg.steps}", f"train.device={cfg.device}"]
+    exp = load_config(cfg.train_config, overrides)
+    log(f"train {cfg.steps} steps on {data} -> {out_dir / 'train'}")
+    train(exp, resume=(out_dir / "train" / "last.pt").is_file())
+    done.write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+    return ckpt
+
+
+def _evaluate(cfg: LoopConfig, ckpt: Path, out_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    path = out_dir / "eval.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from perception.evaluate import evaluate
+
+    val = cfg.val_data or cfg.seed_data
+    report = evaluate(ckpt, val, cfg.val_split, out=out_dir / "eval", device=None if cfg.device == "auto" else cfg.device,
+                      print_fn=None)
+    metrics = headline(report)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    tmp.replace(path)
+    log("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    return metrics
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The loop's metrics from a `perception eval` report (None where the val set cannot measure one)."""
+    det = report["detection"]
+    iou = report.get("bev_iou", {})
+
+    def vehicle(i: dict[str, Any]) -> float | None:
+        v = (i.get("iou") or {}).get("vehicle") if isinstance(i.get("iou"), dict) else i.get("vehicle")
+        return None if v is None else float(v)
+
+    out: dict[str, Any] = {"mAP": float(det["mean_ap"]), "NDS": float(det["nd_score"]), "vehicle_iou": vehicle(iou),
+                           "samples": report["samples"]}
+    for c in ("construction_vehicle", "trailer"):
+        ap = det.get("mean_dist_aps", {}).get(c)
+        out[f"ap_{c}"] = None if ap is None else float(ap)
+    for cond in ("night", "fog"):
+        entry = report.get("conditions", {}).get(cond, {})
+        out[f"mAP_{cond}"] = entry.get("detection", {}).get("mAP") if entry.get("samples") else None
+        out[f"vehicle_iou_{cond}"] = vehicle(entry.get("bev_iou", {})) if entry.get("samples") else None
+        out[f"samples_{cond}"] = entry.get("samples", 0)
+    return out
+
+
+def _export(cfg: LoopConfig, ckpt: Path, data: Path, out_dir: Path, log: Callable[[str], None]) -> Path:
+    model = out_dir / "export" / f"model.{cfg.precision}.onnx"
+    if model.is_file():
+        return model
+    from export.exporter import export_checkpoint
+
+    log(f"export {cfg.precision} -> {model}")
+    export_checkpoint(ckpt, out_dir / "export", [cfg.precision], calib_data=data if cfg.precision == "int8" else None,
+                      calib_frames=16, evaluate=False, log=lambda _: None)
+    return model
+
+
+def _catalog(cfg: LoopConfig, arm_dir: Path) -> Path:
+    db = arm_dir / "catalog.db"
+    with Catalog.open(db) as cat:
+        cat.index_dataset(cfg.seed_data)
+        cat.index_dataset(cfg.pool, unlabeled=True)
+    return db
+
+
+def _labeled_train_frames(data: Path) -> int:
+    from perception.data.nuscenes import load_dataset
+
+    reader = load_dataset(data)
+    splits = [s for s in reader.splits if not s.endswith("val")]
+    if not splits:
+        return len(reader.samples)
+    return sum(len(sc.sample_tokens) for sc in reader.scenes_of_split(splits[0]))
+
+
+def _mine_label_ingest(cfg: LoopConfig, arm: Arm, db: Path, model: Path, rnd: int, seed: int, out_dir: Path,
+                       log: Callable[[str], None]) -> Path:
+    """Mine the round's picks, write the queue, label them with the oracle and ingest a new version."""
+    from typer.testing import CliRunner
+
+    from .cli import app
+    from .mining import MineConfig, mine
+    from .relabel_queue import write_queue
+    from .selection import SelectionConfig
+    from .versions import ingest
+
+    version = f"round{rnd + 1}"
+    with Catalog.open(db) as cat:
+        existing = cat.dataset_version(version)
+    if existing is not None:
+        return Path(existing["root"])
+    run = f"round{rnd}"
+    strategies = [s if not s.startswith("random") or ":" in s else f"random:{seed + 1}" for s in arm.strategies]
+    with Catalog.open(db) as cat:
+        try:
+            selected = cat.run_info(run)["status"] == "selected"
+        except CatalogError:
+            selected = False
+    if not selected:
+        log(f"mine {','.join(strategies)} budget {cfg.budget}")
+        mine(MineConfig(model=model, catalog=db, strategies=strategies, budget=cfg.budget, run=run, engine=cfg.engine,
+                        workers=cfg.workers, selection=SelectionConfig(diversity=cfg.diversity, min_gap=cfg.min_gap),
+                        progress=False), log=lambda _: None)
+    queue = out_dir / "queue"
+    if not queue.is_dir():
+        write_queue(db, run, queue)
+    labels = out_dir / "labels.json"
+    if not labels.is_file():
+        res = CliRunner().invoke(app, ["label", "--catalog", str(db), "--oracle", "sim", "--run", run,
+                                       "--out", str(labels)])
+        if res.exit_code != 0:
+            raise LoopError(f"labeling round {rnd} of {arm.name}: {res.output.strip()}")
+    log(f"ingest {labels.name} -> version {version}")
+    with Catalog.open(db) as cat:
+        summary = ingest(cat, labels, name=version)
+    if summary.root is None:
+        raise LoopError(f"round {rnd} of {arm.name}: the labels made no dataset version")
+    return Path(summary.root)
+
+
+def _record(db: Path, loop: str, arm: str, seed: int, rnd: int, frames: int, version: str, metrics: dict[str, Any]) -> None:
+    with Catalog.open(db) as cat:
+        cat.record_loop_round(loop, arm, seed, rnd, frames, version, metrics)
+
+
+def run_loop(cfg: LoopConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the loop; returns the report also written to loop_report.json."""
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "loop.yaml").write_text(_yaml(cfg))
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for seed in cfg.seeds:
+        base = out / f"seed{seed}"
+        r0 = base / "round0"
+        r0.mkdir(parents=True, exist_ok=True)
+        log(f"[seed {seed}] round 0: the seed set")
+        ckpt0 = _train(cfg, Path(cfg.seed_data), r0, seed, log)
+        metrics0 = _evaluate(cfg, ckpt0, r0, log)
+        frames0 = _labeled_train_frames(Path(cfg.seed_data))
+        model0: Path | None = None
+        for arm in cfg.arms:
+            arm_dir = base / arm.name
+            arm_dir.mkdir(parents=True, exist_ok=True)
+            db = _catalog(cfg, arm_dir)
+            _record(db, out.name, arm.name, seed, 0, frames0, "seed", metrics0)
+            rows.append({"seed": seed, "arm": arm.name, "round": 0, "labeled_frames": frames0, **metrics0})
+            ckpt, data = ckpt0, Path(cfg.seed_data)
+            for rnd in range(cfg.rounds):
+                rdir = arm_dir / f"round{rnd}"
+                rdir.mkdir(parents=True, exist_ok=True)
+                log(f"[seed {seed}] {arm.name} round {rnd + 1}/{cfg.rounds}")
+                if rnd == 0:
+                    model0 = model0 or _export(cfg, ckpt0, data, r0, log)
+                    model = model0
+                else:
+                    model = _export(cfg, ckpt, data, rdir, log)
+                data = _mine_label_ingest(cfg, arm, db, model, rnd, seed, rdir, log)
+                nxt = arm_dir / f"round{rnd + 1}"
+                nxt.mkdir(parents=True, exist_ok=True)
+                ckpt = _train(cfg, data, nxt, seed, log)
+                metrics = _evaluate(cfg, ckpt, nxt, log)
+                frames = _labeled_train_frames(data)
+                _record(db, out.name, arm.name, seed, rnd + 1, frames, f"round{rnd + 1}", metrics)
+                rows.append({"seed": seed, "arm": arm.name, "round": rnd + 1, "labeled_frames": frames, **metrics})
+    report = {"config": asdict(cfg), "rows": rows, "summary": summarize(rows), "wall_s": round(time.perf_counter() - t0, 1)}
+    (out / "loop_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "loop_report.md").write_text(format_report(report))
+    plot_curves(rows, out / "learning_curves.png")
+    return report
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per arm and round: labeled frames and each headline metric's mean and spread over seeds."""
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        out[arm] = []
+        for rnd in sorted({r["round"] for r in rows if r["arm"] == arm}):
+            group = [r for r in rows if r["arm"] == arm and r["round"] == rnd]
+            entry: dict[str, Any] = {"round": rnd, "seeds": len(group),
+                                     "labeled_frames": float(np.mean([r["labeled_frames"] for r in group]))}
+            for m in HEADLINE:
+                vals = [r[m] for r in group if r.get(m) is not None]
+                entry[m] = {"mean": float(np.mean(vals)), "std": float(np.std(vals))} if vals else None
+            out[arm].append(entry)
+    return out
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = ["# Loop report", "",
+             f"{len(report['config']['seeds'])} seed(s), {report['config']['rounds']} rounds of "
+             f"{report['config']['budget']} frames, {report['config']['steps']} training steps per round.", ""]
+    cols = ("mAP", "NDS", "vehicle_iou", "ap_construction_vehicle", "ap_trailer", "mAP_night", "mAP_fog")
+    lines.append("| arm | round | labeled frames | " + " | ".join(cols) + " |")
+    lines.append("|---|---:|---:|" + "---:|" * len(cols))
+    for arm, entries in report["summary"].items():
+        for e in entries:
+            cells = []
+            for c in cols:
+                v = e.get(c)
+                cells.append("n/a" if v is None else (f"{v['mean']:.4f}" + (f" ± {v['std']:.4f}" if e["seeds"] > 1 else "")))
+            lines.append(f"| {arm} | {e['round']} | {e['labeled_frames']:.0f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = ("mAP", "NDS", "vehicle_iou",
+                                                                                       "ap_trailer")) -> Path | None:
+    """Metric against labeled frames, one line per arm (mean over seeds, spread shaded)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize(rows)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4))
+    for ax, m in zip(axes, metrics):
+        for arm, entries in summary.items():
+            pts = [(e["labeled_frames"], e[m]["mean"], e[m]["std"]) for e in entries if e.get(m)]
+            if not pts:
+                continue
+            x, y, s = (list(v) for v in zip(*pts))
+            ax.plot(x, y, marker="o", label=arm, linestyle="--" if arm == "random" else "-")
+            if any(s):
+                ax.fill_between(x, [a - b for a, b in zip(y, s)], [a + b for a, b in zip(y, s)], alpha=0.2)
+        ax.set_xlabel("labeled frames")
+        ax.set_title(m)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _yaml(cfg: LoopConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(asdict(cfg), sort_keys=False)
+
+
+def remove_outputs(cfg: LoopConfig) -> None:
+    """Delete a loop's outputs (to start over)."""
+    shutil.rmtree(cfg.out, ignore_errors=True)
