@@ -327,9 +327,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = ["# Loop report", "",
-             f"{len(report['config']['seeds'])} seed(s), {report['config']['rounds']} rounds of "
-             f"{report['config']['budget']} frames, {report['config']['steps']} training steps per round.", ""]
+    c = report["config"]
+    intro = (f"{len(c['seeds'])} seed(s), {c['rounds']} rounds of {c['budget']} frames, "
+             f"{c['steps']} training steps per round.")
+    lines = ["# Loop report", "", intro, ""]
     cols = ("mAP", "NDS", "vehicle_iou", "ap_construction_vehicle", "ap_trailer", "mAP_night", "mAP_fog")
     lines.append("| arm | round | labeled frames | " + " | ".join(cols) + " |")
     lines.append("|---|---:|---:|" + "---:|" * len(cols))
