@@ -482,12 +482,18 @@ class Catalog:
         return {(int(d), str(s)) for d, s in self.conn.execute(
             "SELECT dataset_id, scene_token FROM run_scenes WHERE run_id = ?", (run_id,))}
 
-    def scene_frames(self, label_states: Sequence[str]) -> list[tuple[int, str, list[FrameRow]]]:
-        """Frames in the given label states grouped by scene: (dataset id, scene token, frames in time order)."""
+    def scene_frames(self, label_states: Sequence[str],
+                     whole_scenes: bool = False) -> list[tuple[int, str, list[FrameRow]]]:
+        """Frames in the given label states grouped by scene: (dataset id, scene token, frames in time order).
+
+        With ``whole_scenes``, every frame of each scene that holds at least one such frame."""
         marks = ",".join("?" * len(label_states))
+        where = (f"f.label_state IN ({marks})" if not whole_scenes else
+                 f"EXISTS (SELECT 1 FROM frames g WHERE g.dataset_id = f.dataset_id AND g.scene_token = f.scene_token"
+                 f" AND g.label_state IN ({marks}))")
         rows = self.conn.execute(
             f"SELECT f.dataset_id, f.scene_token, {_FRAME_COLUMNS} FROM frames f JOIN datasets d ON d.id = f.dataset_id"
-            f" WHERE f.label_state IN ({marks}) ORDER BY f.dataset_id, f.scene_name, f.frame_index",
+            f" WHERE {where} ORDER BY f.dataset_id, f.scene_token, f.frame_index",
             list(label_states)).fetchall()
         out: list[tuple[int, str, list[FrameRow]]] = []
         for row in rows:

@@ -42,7 +42,7 @@ from perception.data.nuscenes_tables import (
     read_tables,
 )
 from perception.data.schema import CATEGORY_TO_DETECTION, DETECTION_CLASSES, VISIBILITY
-from perception.geometry import rotation_to_quat, rotz, transform_points
+from perception.metrics.nuscenes_io import boxes_to_global
 
 from .catalog import Catalog, CatalogError, FrameRow
 from .label_studio import BOX_CONTROL, FRAME_CONTROL, MISSING_CHOICE, box_index
@@ -254,12 +254,12 @@ def label_frames(cat: Catalog, out: Path, oracle: str = "sim", state: str = "que
     if inject:
         source_of = {fr.sample_token: sources[fr.dataset_root] for fr in frames}
         labels, errors = inject_errors(labels, inject, seed, source_of)
-    write_json(out, labels.to_json())
     result = LabelRun(out, len(labels.frames), len(labels.annotations), len(sources))
-    if errors is not None:
+    if errors is not None:  # the list of planted errors first: noisy labels never exist without it
         result.errors_file = errors_path(out)
         write_json(result.errors_file, errors)
         result.errors = {k: sum(1 for e in errors if e["kind"] == k) for k in INJECT_KINDS}
+    write_json(out, labels.to_json())
     return result
 
 
@@ -754,8 +754,9 @@ def _box_record(src: SourceDataset, fr: FrameRow, run: str, idx: int, pred: Mapp
     sample = src.reader.sample(fr.sample_token)
     global_T_ego = sample.global_T_ego
     try:
-        center = transform_points(global_T_ego, np.asarray(pred["center"], np.float64).reshape(3))
-        quat = rotation_to_quat(global_T_ego[:3, :3] @ rotz(float(pred["yaw"])))
+        translation, quats, _ = boxes_to_global(global_T_ego, np.asarray(pred["center"], np.float64).reshape(1, 3),
+                                                np.array([float(pred["yaw"])]))
+        center, quat = translation[0], quats[0]
         size = [float(v) for v in pred["size"]]
     except (KeyError, TypeError, ValueError) as exc:
         raise LabelsError(f"run {run!r}: stored box {idx} of frame {fr.sample_token!r} is malformed ({exc})") from None

@@ -29,7 +29,7 @@ import numpy as np
 
 from perception.data.nuscenes import DatasetError, NuScenesDataset, load_dataset
 
-from .catalog import Catalog, CatalogError, FrameResult, FrameRow
+from .catalog import Catalog, FrameResult, FrameRow
 from .selection import SelectionConfig, select
 from .strategies import (
     FrameOutput,
@@ -63,6 +63,7 @@ class MineConfig:
     plugins: list[Path] = field(default_factory=list)  # user strategy files
     score_threshold: float = 0.1  # boxes kept in the catalog (for the queue and the triggers)
     max_boxes: int = 100  # per frame, stored
+    reference_frames: int = 500  # labeled frames embedded (whole scenes, evenly spread) for diversity and novelty
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     progress: bool = True
 
@@ -73,8 +74,9 @@ class SceneJob:
 
     dataset_id: int
     scene_token: str
-    frames: tuple[FrameRow, ...]
+    frames: tuple[FrameRow, ...]  # every frame of the scene, whatever its label state
     labels_root: str | None = None  # where labeled frames' labels are read (the latest dataset version)
+    labeled_dataset: bool = True  # the frames' dataset holds labels (False: an unlabeled pool)
 
 
 @dataclass
@@ -120,11 +122,15 @@ class SceneScorer:
 
         if job.labels_root is not None:
             version = self._reader(job.labels_root)
-            if version is not None:
-                try:
-                    return ground_truth(version, version.sample(frame.sample_token))
-                except DatasetError:
-                    pass  # not in the version: the frame's own dataset holds its labels
+            if version is None:
+                raise MineError(f"{job.labels_root}: the newest dataset version cannot be read")
+            try:
+                return ground_truth(version, version.sample(frame.sample_token))
+            except DatasetError:
+                pass  # not in the version: the frame's own dataset holds its labels
+        if not job.labeled_dataset:
+            raise MineError(f"no labels: the frame is in the unlabeled pool {frame.dataset_root} and not in the "
+                            f"newest dataset version {job.labels_root}")
         return ground_truth(reader, reader.sample(frame.sample_token))
 
     def score_scenes(self, jobs: Sequence[SceneJob]) -> list[tuple[SceneJob, list[FrameResult]]]:
@@ -167,6 +173,7 @@ class SceneScorer:
                         labels = self._labels(job, frame, reader)
                 except (MineError, DatasetError, RuntimeInputError) as exc:
                     results[i].append(FrameResult(frame.id, status="failed", reason=str(exc)))
+                    streams[i], prev[i] = StreamState(), None  # a gap: the next frame starts a clip
                     continue
                 batch.append((i, prepared, sample, frame, labels))
             if not batch:
@@ -187,11 +194,34 @@ class SceneScorer:
                             continue
                         value, details = strategy.score(out, prev[i])
                         details = {**details, "fired": bool(strategy.fired(value, details))}
-                        scores[strategy.name] = (float(value), details)
+                        scores[strategy.name] = (_checked(strategy.name, frame.sample_token, value, details),
+                                                 details)
                     results[i].append(FrameResult(frame.id, embedding=res.embedding.astype(np.float32),
                                                   predictions=_predictions(res, self.max_boxes), scores=scores))
                     prev[i] = out
         return list(zip(jobs, results))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _checked(strategy: str, token: str, value: Any, details: dict[str, Any]) -> float:
+    """A strategy's score as a finite float, with details that JSON can hold (numpy scalars made plain)."""
+    try:
+        score = float(value)
+        text = json.dumps(details, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise StrategyError(f"strategy {strategy} on frame {token}: the score or details cannot be stored ({exc})") from None
+    if not np.isfinite(score):
+        raise StrategyError(f"strategy {strategy} on frame {token}: score {score} (scores must be finite numbers)")
+    details.clear()
+    details.update(json.loads(text))
+    return score
 
 
 def _predictions(res: Any, max_boxes: int) -> list[dict[str, Any]]:
@@ -278,7 +308,26 @@ def _check(cfg: MineConfig) -> list[Strategy]:
     unknown = set(cfg.selection.weights) - {s.name for s in strategies}
     if unknown:
         raise MineError(f"--weights names {sorted(unknown)}, which are not among the strategies {cfg.strategies}")
+    try:  # open the model here: a worker that cannot would fail far from the user
+        from export.runtime import EdgeModel
+
+        classes = EdgeModel(cfg.model, threads=1).metadata.class_names
+    except Exception as exc:  # noqa: BLE001 - onnxruntime and the metadata check raise many kinds
+        raise MineError(f"{cfg.model}: not a usable exported model ({type(exc).__name__}: {exc})") from None
+    for s in strategies:
+        cls = getattr(s, "cls", None)
+        if cls is not None and cls not in classes:
+            raise MineError(f"{s.name}: the model {cfg.model} has no class {cls!r} (classes: {', '.join(classes)})")
     return strategies
+
+
+def _reference_scenes(scenes: list[tuple[int, str, list[FrameRow]]], limit: int) -> list[tuple[int, str, list[FrameRow]]]:
+    """Whole scenes, evenly spread over the list, holding about ``limit`` frames (at least one scene)."""
+    total = sum(len(f) for _, _, f in scenes)
+    if total <= limit or not scenes:
+        return scenes
+    n = max(1, int(limit // (total / len(scenes))))
+    return [scenes[i] for i in sorted({round(float(x)) for x in np.linspace(0, len(scenes) - 1, n)})]
 
 
 def mine(cfg: MineConfig, log: Callable[[str], None] = print) -> MineSummary:
@@ -288,20 +337,29 @@ def mine(cfg: MineConfig, log: Callable[[str], None] = print) -> MineSummary:
     except StrategyError as exc:
         raise MineError(str(exc)) from None
     target = strategies[0].target
-    states = [target] + (["labeled"] if target == "unlabeled" and any(s.needs_reference for s in strategies) else [])
+    reference = target == "unlabeled" and (any(s.needs_reference for s in strategies) or cfg.selection.diversity > 0)
     sha = file_sha256(cfg.model)
     name = cfg.run or default_run_name(sha, cfg.strategies, cfg.budget)
     with Catalog.open(cfg.catalog, create=False) as cat:
-        settings = {"states": states, "batch": cfg.batch, "score_threshold": cfg.score_threshold,
+        # Whole scenes, in time order, whatever the state of each frame: the video state and the temporal
+        # triggers need every frame. Scenes holding target frames, and (for diversity and novelty) some
+        # scenes of labeled frames as the reference.
+        scenes = cat.scene_frames([target], whole_scenes=True)
+        if not scenes:
+            raise MineError(f"{cfg.catalog}: no {target} frames to mine")
+        if reference:
+            have = {(d, t) for d, t, _ in scenes}
+            labeled = [x for x in cat.scene_frames(["labeled"], whole_scenes=True) if (x[0], x[1]) not in have]
+            scenes += _reference_scenes(labeled, cfg.reference_frames)
+        settings = {"target": target, "reference": reference, "batch": cfg.batch, "score_threshold": cfg.score_threshold,
                     "selection": asdict(cfg.selection), "plugins": [str(p) for p in cfg.plugins]}
         run_id, resumed = cat.start_run(name, str(cfg.model.resolve()), sha, cfg.strategies, cfg.budget, cfg.engine,
                                         settings)
         labels_root = cat.latest_version_root()
-        scenes = cat.scene_frames(states)
-        if not any(s[2] for s in scenes):
-            raise MineError(f"{cfg.catalog}: no {' or '.join(states)} frames to mine")
+        labeled_ds = {int(i) for (i,) in cat.conn.execute("SELECT id FROM datasets WHERE labeled = 1")}
         done = cat.done_scenes(run_id)
-        todo = [SceneJob(d, tok, tuple(frames), labels_root) for d, tok, frames in scenes if (d, tok) not in done]
+        todo = [SceneJob(d, tok, tuple(frames), labels_root, d in labeled_ds)
+                for d, tok, frames in scenes if (d, tok) not in done]
         log(f"mining run {name} ({'resumed' if resumed else 'new'}): {len(todo)} scenes to score, "
             f"{len(scenes) - len(todo)} already scored; engine {cfg.engine}, {cfg.workers} worker(s)")
         threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, cfg.workers))

@@ -5,7 +5,8 @@ place); an actor pool of ``workers`` onnxruntime sessions (:class:`~data_engine.
 maps the blocks; the driver receives each scene's results and is the only writer of the catalog
 (:meth:`Catalog.write_scene` is idempotent, so a retried block is counted once). Ray connects to the
 cluster named by ``RAY_ADDRESS`` when it is set, else starts a local instance; the workers read the
-frames from the paths in the catalog, so a cluster needs the datasets on a shared filesystem.
+frames from the paths in the catalog, so a cluster needs the datasets on a shared filesystem. Each actor
+scores one scene at a time (``--batch`` applies to the local engine).
 Install with ``pip install 'bevstack[ray]'``.
 """
 
@@ -80,7 +81,10 @@ def score_scenes_ray(jobs: Sequence[SceneJob], scorer_kwargs: dict[str, Any],
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False
     ds = ray.data.from_items([{"job": _job_to_json(j)} for j in jobs], override_num_blocks=len(jobs))
-    threads = int(scorer_kwargs.get("threads") or 1)
+    # An actor asks for as many CPUs as it runs threads, but never more than the largest node has (else it
+    # could never be scheduled).
+    node_cpus = max((n.get("Resources", {}).get("CPU", 1) for n in ray.nodes() if n.get("Alive")), default=1)
+    threads = int(min(int(scorer_kwargs.get("threads") or 1), node_cpus))
     scored = ds.map_batches(_RayScorer, fn_constructor_kwargs={"scorer_kwargs": scorer_kwargs}, batch_size=1,
                             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=threads, batch_format="numpy")
     for row in scored.iter_rows():

@@ -59,13 +59,10 @@ def rank_normalize(values: np.ndarray, active: np.ndarray) -> np.ndarray:
     if len(idx) == 0:
         return out
     v = values[idx]
-    order = np.argsort(v, kind="stable")
-    ranks = np.empty(len(v))
-    ranks[order] = np.arange(1, len(v) + 1)
-    for u in np.unique(v):  # ties: mean rank
-        same = v == u
-        ranks[same] = ranks[same].mean()
-    out[idx] = ranks / len(v)
+    uniq, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # rank of the last of each tie group (ranks start at 1)
+    mean_rank = last - (counts - 1) / 2.0  # ties share their mean rank
+    out[idx] = mean_rank[inverse] / len(v)
     return out
 
 
@@ -79,16 +76,21 @@ def _min_distances(a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> np.ndarra
     return out
 
 
-def _median_nn_distance(emb: np.ndarray, sample: int = 2000) -> float:
-    """The median cosine distance of a frame to its nearest other frame (on up to ``sample`` frames)."""
+def _median_nn_distance(emb: np.ndarray, sample: int = 500, among: int = 50_000) -> float:
+    """The median cosine distance of a frame to its nearest other frame, estimated on ``sample`` frames
+    against up to ``among`` others (in chunks: memory stays bounded for any pool)."""
     if len(emb) < 2:
         return 0.0
     rows = emb[np.linspace(0, len(emb) - 1, min(sample, len(emb))).astype(np.int64)]
-    d = cosine_distances(rows, emb)
-    d[d <= 1e-12] = np.inf  # the frame itself (and exact copies)
-    nn = d.min(axis=1)
-    nn = nn[np.isfinite(nn)]
-    return float(np.median(nn)) if nn.size else 0.0
+    others = emb[np.linspace(0, len(emb) - 1, min(among, len(emb))).astype(np.int64)]
+    nn = []
+    for i in range(0, len(rows), 50):
+        d = cosine_distances(rows[i:i + 50], others)
+        d[d <= 1e-12] = np.inf  # the frame itself (and exact copies)
+        nn.append(d.min(axis=1))
+    near = np.concatenate(nn)
+    near = near[np.isfinite(near)]
+    return float(np.median(near)) if near.size else 0.0
 
 
 def select(cat: Catalog, run_id: int, strategies: Sequence[Strategy], budget: int, target: str,
@@ -119,7 +121,12 @@ def select(cat: Catalog, run_id: int, strategies: Sequence[Strategy], budget: in
     emb, ref = centered(emb, ref)
     dist = _min_distances(emb, ref)
     dedup_distance = cfg.dedup * _median_nn_distance(emb)
-    available = np.ones(len(ids), dtype=bool)
+    available = dist >= dedup_distance  # near-duplicates of labeled frames are not worth a label
+    if target == "unlabeled":  # nor frames next to ones labeled or queued before, in their scene
+        for sc, ts in cat.conn.execute(
+                "SELECT f.scene_token, f.timestamp FROM frames f JOIN frame_results r ON r.frame_id = f.id"
+                " AND r.run_id = ? WHERE f.label_state IN ('queued', 'labeled')", (run_id,)):
+            available &= ~((scene == sc) & (np.abs(time_s - ts / 1e6) < cfg.min_gap))
     picks: list[Pick] = []
     while len(picks) < budget and available.any():
         finite = dist[np.isfinite(dist)]

@@ -320,10 +320,14 @@ class _Novelty(RunStrategy):
     def score_run(self, embeddings: np.ndarray, reference: np.ndarray) -> list[tuple[float, dict[str, Any]]]:
         if len(reference) == 0:
             raise StrategyError(f"{self.name}: no labeled frames were embedded; index a labeled dataset first")
-        d = cosine_distances(*centered(embeddings, reference))
-        k = min(self.k, d.shape[1])
-        near = np.sort(d, axis=1)[:, :k]
-        return [(float(row.mean()), {"nearest": round(float(row[0]), 4)}) for row in near]
+        emb, ref = centered(embeddings, reference)
+        k = min(self.k, len(ref))
+        out: list[tuple[float, dict[str, Any]]] = []
+        for i in range(0, len(emb), 4096):  # rows in chunks: memory stays bounded for any pool
+            d = cosine_distances(emb[i:i + 4096], ref)
+            near = np.sort(np.partition(d, k - 1, axis=1)[:, :k], axis=1)
+            out += [(float(row.mean()), {"nearest": round(float(row[0]), 4)}) for row in near]
+        return out
 
 
 class _Disagreement(Strategy):

@@ -205,6 +205,40 @@ RUNTIME_WITHOUT_TORCH = textwrap.dedent("""
 """)
 
 
+def test_step_batch_carries_each_stream_like_step(exported) -> None:
+    """Two scenes scored side by side in one batch give what each gives alone, frame after frame."""
+    from export.runtime import StreamState
+
+    edge = EdgeModel(exported["out"] / "model.fp32.onnx", threads=2)
+    reader = load_dataset(exported["data"])
+    scenes = [reader.scene_samples(sc)[:3] for sc in reader.scenes[:2]]
+
+    def inputs(sample):
+        frames = {n: c.path.read_bytes() for n, c in sample.cameras.items()}
+        rig = {n: Camera(c.K, sample.ref_T_cam(n), (c.height, c.width)) for n, c in sample.cameras.items()}
+        return frames, rig, sample.global_T_ego, sample.timestamp / 1e6
+
+    alone = []
+    for samples in scenes:
+        edge.reset()
+        alone.append([edge.step(*inputs(s)) for s in samples])
+    streams = [StreamState(), StreamState()]
+    for t in range(3):
+        prepared, poses, times = [], [], []
+        for samples in scenes:
+            frames, rig, pose, ts = inputs(samples[t])
+            prepared.append(edge.prepare(frames, rig, ts))
+            poses.append(pose)
+            times.append(ts)
+        together = edge.step_batch(prepared, poses, times, streams)
+        for k in range(2):
+            np.testing.assert_allclose(together[k].heatmap, alone[k][t].heatmap, atol=1e-4)
+            np.testing.assert_allclose(together[k].embedding, alone[k][t].embedding, atol=1e-4)
+    assert t == 2 and streams[0].state is not None and not np.allclose(streams[0].state, streams[1].state)
+    with pytest.raises(RuntimeInputError, match="expected the same number"):
+        edge.step_batch(prepared, poses[:1], times, streams)
+
+
 def test_runtime_and_bench_run_without_torch(exported) -> None:
     res = subprocess.run([sys.executable, "-c", RUNTIME_WITHOUT_TORCH, str(exported["out"]), str(exported["data"])],
                          capture_output=True, text=True, timeout=600, check=False)

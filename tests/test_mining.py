@@ -116,7 +116,7 @@ def test_batching_workers_and_ray_score_alike(world, tmp_path) -> None:
         assert code == 0, f"{name}: {out}"
         got[name] = _scores(db, name)
     ref = got["one"]
-    assert len(ref) == 20 * 3
+    assert len(ref) == (20 + 6) * 3  # the pool, and the labeled frames as diversity's reference
     for name, scores in got.items():
         assert scores.keys() == ref.keys(), name
         diff = max(abs(scores[k] - ref[k]) for k in ref)
@@ -126,7 +126,7 @@ def test_batching_workers_and_ray_score_alike(world, tmp_path) -> None:
 def test_a_killed_run_resumes_without_scoring_twice(world, tmp_path) -> None:
     db = _catalog(world, tmp_path / "cat.db")
     cmd = [sys.executable, "-m", "data_engine.cli", "mine", "--model", str(world["model"]), "--catalog", str(db),
-           "--strategy", "det_entropy,flicker", "--budget", "3", "--run", "resume", "--threads", "1"]
+           "--strategy", "det_entropy,flicker", "--budget", "3", "--run", "resume", "--threads", "1", "--diversity", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     done = 0
@@ -148,7 +148,8 @@ def test_a_killed_run_resumes_without_scoring_twice(world, tmp_path) -> None:
         assert 1 <= len(before) < 4
         written = {f for (f,) in cat.conn.execute("SELECT frame_id FROM frame_results WHERE run_id = ?", (rid,))}
         assert len(written) == 5 * len(before)  # whole scenes only
-    code, out = _mine(world, db, "--strategy", "det_entropy,flicker", "--budget", "3", "--run", "resume")
+    code, out = _mine(world, db, "--strategy", "det_entropy,flicker", "--budget", "3", "--run", "resume",
+                      "--diversity", "0")
     assert code == 0, out
     assert "resumed" in out and f"{4 - len(before)} scenes to score, {len(before)} already scored" in out
     with Catalog.open(db) as cat:
@@ -182,7 +183,7 @@ def test_unreadable_frames_fail_with_a_reason_and_plugins_score(world, tmp_path)
             return Count("box_count")
     """))
     code, out = _mine(world, db, "--strategy", "box_count,flicker", "--budget", "2", "--run", "p",
-                      "--plugin", str(plugin), "--workers", "2", "--weights", "box_count=2,flicker=0.5")
+                      "--plugin", str(plugin), "--workers", "2", "--weights", "box_count=2,flicker=0.5", "--diversity", "0")
     assert code == 0, out
     assert "19 frames scored, 1 failed" in out
     with Catalog.open(db) as cat:
@@ -195,6 +196,26 @@ def test_unreadable_frames_fail_with_a_reason_and_plugins_score(world, tmp_path)
         assert frame.id not in {p.frame.id for p in cat.selections("p")}
     code, out = _mine(world, db, "--strategy", "nope", "--budget", "2")
     assert code == 1 and "unknown strategy 'nope'" in out
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    res = CliRunner().invoke(app, ["mine", "--model", str(junk), "--catalog", str(db), "--strategy", "det_entropy",
+                                   "--budget", "2", "--workers", "2"])
+    assert res.exit_code == 1 and "junk.onnx: not a usable exported model" in res.output
+    nan = tmp_path / "nan_plugin.py"
+    nan.write_text(textwrap.dedent("""
+        from data_engine.strategies import Strategy, register
+
+        @register("broken_nan")
+        def broken_nan(arg):
+            class NaN(Strategy):
+                def score(self, out, prev):
+                    return float("nan"), {}
+            return NaN("broken_nan")
+    """))
+    code, out = _mine(world, db, "--strategy", "broken_nan", "--budget", "2", "--plugin", str(nan), "--run", "nan")
+    assert code == 1 and "strategy broken_nan on frame" in out and "must be finite" in out
+    with Catalog.open(db) as cat:
+        assert cat.run_info("nan")["status"] == "failed"
     code, out = _mine(world, db, "--strategy", "det_entropy,disagreement", "--budget", "2")
     assert code == 1 and "separate runs" in out
     code, out = _mine(world, db, "--strategy", "det_entropy", "--budget", "2", "--weights", "flicker=1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import numpy as np
@@ -182,7 +183,8 @@ def scored_catalog(tmp_path):
     cat.index_dataset(pool, unlabeled=True)
     run_id, _ = cat.start_run("r", "m.onnx", "0" * 64, ["det_entropy"], 4, "local", {})
     rng = np.random.default_rng(1)
-    for (d, scene, frames), offset in zip(cat.scene_frames(["unlabeled"]), (0.0, 0.01)):
+    for d, scene, frames in cat.scene_frames(["unlabeled"]):
+        offset = 0.0 if frames[0].scene_name == "scene-0000" else 0.01
         results = []
         for f in frames:
             emb = rng.normal(size=16).astype(np.float32)
@@ -215,6 +217,50 @@ def test_selection_suppresses_repeats_and_records_reasons(scored_catalog) -> Non
     dedup = select(cat, run_id, strategy, 16, "unlabeled", SelectionConfig(diversity=0.0, dedup=0.25, min_gap=0.0))
     picked_a = {rows[p.frame_id].frame_index for p in dedup if rows[p.frame_id].scene_name == "scene-0000"}
     assert len(picked_a & {5, 6, 7}) == 1 and len(dedup) == 14
-    # Diversity: the k-center term adds its reason and changes the order.
+    # Diversity: by score alone, two copies (frames 6 and 7 of scene A) are both picked; k-center greedy
+    # never takes a copy of a pick while distinct frames remain.
     diverse = select(cat, run_id, strategy, 4, "unlabeled", SelectionConfig(diversity=1.0, dedup=0.0, min_gap=0.0))
     assert all(any(r.startswith("diversity") for r in p.reasons) for p in diverse)
+    ids, emb = cat.run_embeddings(run_id)
+    vec = {int(i): e for i, e in zip(ids, emb)}
+
+    def closest_pair(picks) -> float:
+        return min(float(np.linalg.norm(vec[a.frame_id] - vec[b.frame_id])) for a in picks for b in picks if a is not b)
+
+    assert closest_pair(by_score) == 0.0 and closest_pair(diverse) > 0.1
+
+
+def test_label_qa_precision_at_k(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from data_engine.cli import app
+    from data_engine.label_qa import qa_precision
+    from data_engine.synth import SynthConfig, synthesize
+
+    data = tmp_path / "labeled"
+    synthesize(SynthConfig(out=data, scenes=2, frames=5, seed=4, width=96, height=64), progress=False)
+    with Catalog.open(tmp_path / "cat.db") as cat:
+        cat.index_dataset(data)
+        run_id, _ = cat.start_run("qa", "m.onnx", "0" * 64, ["disagreement"], 3, "local", {})
+        frames = [f for _, _, fs in cat.scene_frames(["labeled"]) for f in fs]
+        ranked = sorted(frames, key=lambda f: (f.scene_name, f.frame_index))  # scores 10, 9, ..., 1 in this order
+        for d, scene, fs in cat.scene_frames(["labeled"]):
+            cat.write_scene(run_id, d, scene, [FrameResult(f.id, scores={"disagreement": (10.0 - ranked.index(f), {})})
+                                               for f in fs])
+        # Errors in the 1st, 3rd and 8th ranked frames (two in the 3rd).
+        errors = [{"kind": "missing", "sample_token": ranked[0].sample_token},
+                  {"kind": "shift", "sample_token": ranked[2].sample_token},
+                  {"kind": "class", "sample_token": ranked[2].sample_token},
+                  {"kind": "missing", "sample_token": ranked[7].sample_token}]
+        report = qa_precision(cat, "qa", errors, (1, 2, 5, 10))
+    assert report["precision_at"] == {"1": 1.0, "2": 0.5, "5": 0.4, "10": 0.3}
+    assert report["base_rate"] == 0.3 and report["frames_with_errors"] == 3
+    assert report["recall_by_kind_at"]["5"] == {"class": 1.0, "missing": 0.5, "shift": 1.0}
+    errors_file = tmp_path / "errors.json"
+    errors_file.write_text(json.dumps(errors))
+    res = CliRunner().invoke(app, ["qa", "--run", "qa", "--errors", str(errors_file), "--catalog", str(tmp_path / "cat.db"),
+                                   "--k", "2"])
+    assert res.exit_code == 0 and "precision@2: 0.500" in res.output, res.output
+    errors_file.write_text(json.dumps([{"frame": "x"}]))
+    res = CliRunner().invoke(app, ["qa", "--run", "qa", "--errors", str(errors_file), "--catalog", str(tmp_path / "cat.db")])
+    assert res.exit_code == 1 and "errors.json: expected a list of errors" in res.output

@@ -30,13 +30,17 @@ from perception.geometry import (
     transform_vectors,
     yaw_from_rotation,
 )
-from perception.metrics.detection import DetectionConfig, DetectionEvaluator, DetectionMetrics
+from perception.metrics.detection import (
+    DetectionConfig,
+    DetectionEvaluator,
+    DetectionMetrics,
+)
 from perception.metrics.detection_boxes import EvalBoxes
 
 if TYPE_CHECKING:
     from perception.data.nuscenes import NuScenesDataset, Sample
 
-__all__ = ["evaluate_split", "ground_truth", "load_results", "results_json", "split_samples"]
+__all__ = ["boxes_to_global", "evaluate_split", "ground_truth", "load_results", "results_json", "split_samples"]
 
 DEFAULT_META: dict[str, bool] = {
     "use_camera": True, "use_lidar": False, "use_radar": False, "use_map": False, "use_external": False,
@@ -97,18 +101,30 @@ def load_results(
     return out, dict(data.get("meta", {}))
 
 
+def boxes_to_global(global_T_ego: np.ndarray, center: np.ndarray, yaw: np.ndarray,
+                    velocity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ego-frame boxes -> the global frame nuScenes records use: (translation [N, 3], rotation quaternions
+    wxyz [N, 4], velocity [N, 2]); center [N, 3] m, yaw [N] rad about +z, velocity [N, 2] m/s (or None)."""
+    center = np.asarray(center, np.float64).reshape(-1, 3)
+    n = len(center)
+    yaw = np.asarray(yaw, np.float64).reshape(n)
+    vel = np.zeros((n, 2)) if velocity is None else np.asarray(velocity, np.float64).reshape(n, 2)
+    if n == 0:
+        return np.zeros((0, 3)), np.zeros((0, 4)), np.zeros((0, 2))
+    translation = transform_points(global_T_ego, center)
+    quat = rotation_to_quat(global_T_ego[:3, :3] @ rotz(yaw))
+    vel3 = np.concatenate([vel, np.zeros((n, 1))], axis=1)
+    return translation, quat, transform_vectors(global_T_ego, vel3)[:, :2]
+
+
 def results_json(
     predictions: Mapping[str, EvalBoxes], ds: NuScenesDataset, meta: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """The official submission (global frame) of ego-frame predictions: token -> EvalBoxes."""
     results: dict[str, list[dict[str, Any]]] = {}
     for token, boxes in predictions.items():
-        global_T_ego = ds.sample(token).global_T_ego
         n = len(boxes)
-        center = transform_points(global_T_ego, boxes.center) if n else np.zeros((0, 3))
-        quat = rotation_to_quat(global_T_ego[:3, :3] @ rotz(boxes.yaw)) if n else np.zeros((0, 4))
-        vel3 = np.concatenate([boxes.velocity, np.zeros((n, 1))], axis=1)
-        velocity = transform_vectors(global_T_ego, vel3)[:, :2]
+        center, quat, velocity = boxes_to_global(ds.sample(token).global_T_ego, boxes.center, boxes.yaw, boxes.velocity)
         results[token] = [
             {
                 "sample_token": token, "translation": center[i].tolist(), "size": boxes.size[i].tolist(),
