@@ -1,18 +1,19 @@
 """Active learning on the synthetic world: does mining pick better frames than random selection?
 
-    python -m bench.active_learning [--out runs/active_learning] [--seeds 0] [--rounds 3] [--budget 24] \
-        [--steps 200] [--pool-scenes 30]
+    python -m bench.active_learning [--out runs/active_learning] [--seeds 0] [--rounds 2] [--budget 30] \
+        [--steps 300] [--pool-scenes 30]
 
 1. Worlds (in data/al/, rendered once): a seed labeled set (8 scenes), an unlabeled pool of other scenes
    of the same world, and a condition-balanced val set (night, fog and day scenes) never in the pool.
-2. The loop (`data-engine loop`) with three strategies and random selection at the same budget:
+2. The loop (`data-engine loop`, configs/loop_tiny.yaml; every round trains configs/tiny_loop.yaml
+   from the same initialization) with three strategies and random selection at the same budget:
    ``uncertainty`` (det_entropy), ``rare`` (triggers for the rare classes) and ``novelty``.
 3. Yield, which needs no retraining: with the round-0 model, each arm picks one budget from the whole
    pool; the world's truth says how many picks hold a rare class (construction_vehicle, trailer) or a
    rare condition (night, fog), and how many rare objects there are per 100 picks.
 
 Writes bench/results/active_learning.json and bench/results/learning_curves.png and prints the README
-tables. Costs about 25 minutes on 2 CPU cores with the defaults (one seed).
+tables. Costs about 30 minutes on 2 CPU cores with the defaults (one seed).
 """
 
 from __future__ import annotations
@@ -112,9 +113,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/active_learning"))
     parser.add_argument("--data", type=Path, default=Path("data/al"))
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--budget", type=int, default=24)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--budget", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--pool-scenes", type=int, default=30)
     args = parser.parse_args()
     from data_engine.loop import Arm, LoopConfig, run_loop
@@ -123,7 +124,7 @@ def main() -> None:
     data = worlds(args.data, args.pool_scenes)
     seeds = [int(s) for s in args.seeds.split(",")]
     cfg = LoopConfig(seed_data=str(data["seed"]), pool=str(data["pool"]), val_data=str(data["val"]), out=str(args.out),
-                     train_config="configs/tiny_cpu.yaml", train_overrides=["train.log_every=50"], steps=args.steps,
+                     train_config="configs/tiny_loop.yaml", steps=args.steps,
                      rounds=args.rounds, budget=args.budget, arms=[Arm(a["name"], a["strategies"]) for a in ARMS],
                      seeds=seeds)
     loop = run_loop(cfg)

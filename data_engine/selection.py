@@ -59,7 +59,7 @@ def rank_normalize(values: np.ndarray, active: np.ndarray) -> np.ndarray:
     if len(idx) == 0:
         return out
     v = values[idx]
-    uniq, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
     last = np.cumsum(counts)  # rank of the last of each tie group (ranks start at 1)
     mean_rank = last - (counts - 1) / 2.0  # ties share their mean rank
     out[idx] = mean_rank[inverse] / len(v)
