@@ -31,7 +31,7 @@ from typing import Any
 
 from .catalog import Catalog, CatalogError
 
-__all__ = ["Arm", "LoopConfig", "LoopError", "load_loop_config", "run_loop"]
+__all__ = ["Arm", "LoopConfig", "LoopError", "evaluate_round", "load_loop_config", "run_loop", "train_round"]
 
 # The metrics of a round, read from `perception eval`'s report: name -> how to find it.
 HEADLINE = ("mAP", "NDS", "vehicle_iou", "ap_construction_vehicle", "ap_trailer", "mAP_night", "mAP_fog",
@@ -122,7 +122,7 @@ def load_loop_config(path: str | Path, overrides: dict[str, Any] | None = None) 
 
 
 # -- the steps of a round -----------------------------------------------------------------------------------
-def _train(cfg: LoopConfig, data: Path, out_dir: Path, seed: int, log: Callable[[str], None]) -> Path:
+def train_round(cfg: LoopConfig, data: Path, out_dir: Path, seed: int, log: Callable[[str], None]) -> Path:
     """Train the round's model (skipped when its final checkpoint exists); returns last.pt."""
     ckpt = out_dir / "train" / "last.pt"
     done = out_dir / "train" / "done"
@@ -141,7 +141,7 @@ def _train(cfg: LoopConfig, data: Path, out_dir: Path, seed: int, log: Callable[
     return ckpt
 
 
-def _evaluate(cfg: LoopConfig, ckpt: Path, out_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def evaluate_round(cfg: LoopConfig, ckpt: Path, out_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
     path = out_dir / "eval.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -273,8 +273,8 @@ def run_loop(cfg: LoopConfig, log: Callable[[str], None] = print) -> dict[str, A
         r0 = base / "round0"
         r0.mkdir(parents=True, exist_ok=True)
         log(f"[seed {seed}] round 0: the seed set")
-        ckpt0 = _train(cfg, Path(cfg.seed_data), r0, seed, log)
-        metrics0 = _evaluate(cfg, ckpt0, r0, log)
+        ckpt0 = train_round(cfg, Path(cfg.seed_data), r0, seed, log)
+        metrics0 = evaluate_round(cfg, ckpt0, r0, log)
         frames0 = _labeled_train_frames(Path(cfg.seed_data))
         model0: Path | None = None
         for arm in cfg.arms:
@@ -296,8 +296,8 @@ def run_loop(cfg: LoopConfig, log: Callable[[str], None] = print) -> dict[str, A
                 data = _mine_label_ingest(cfg, arm, db, model, rnd, seed, rdir, log)
                 nxt = arm_dir / f"round{rnd + 1}"
                 nxt.mkdir(parents=True, exist_ok=True)
-                ckpt = _train(cfg, data, nxt, seed, log)
-                metrics = _evaluate(cfg, ckpt, nxt, log)
+                ckpt = train_round(cfg, data, nxt, seed, log)
+                metrics = evaluate_round(cfg, ckpt, nxt, log)
                 frames = _labeled_train_frames(data)
                 _record(db, out.name, arm.name, seed, rnd + 1, frames, f"round{rnd + 1}", metrics)
                 rows.append({"seed": seed, "arm": arm.name, "round": rnd + 1, "labeled_frames": frames, **metrics})

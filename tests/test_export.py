@@ -12,19 +12,23 @@ import textwrap
 import numpy as np
 import onnx
 import pytest
-import torch
+from model_inputs import random_tiny_checkpoint
 from typer.testing import CliRunner
 
 from data_engine.synth import SynthConfig, synthesize
 from export.exporter import FP32_TOLERANCE
 from export.model_file import write_metadata
-from export.runtime import Camera, EdgeModel, MetadataError, ModelMetadata, RuntimeInputError
+from export.runtime import (
+    Camera,
+    EdgeModel,
+    MetadataError,
+    ModelMetadata,
+    RuntimeInputError,
+)
 from perception.cli import app
 from perception.data.dataset import DatasetConfig, MultiCamDataset
 from perception.data.nuscenes import load_dataset
-from perception.models.bev_model import build_model
-from perception.presets import get_preset, preset_to_dict
-from perception.training.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from perception.presets import get_preset
 
 pytestmark = pytest.mark.slow
 
@@ -37,12 +41,7 @@ def exported(tmp_path_factory):
     data = root / "data"
     synthesize(SynthConfig(out=data, scenes=3, frames=5, seed=5, width=W, height=H), progress=False)
     preset = get_preset("tiny")
-    torch.manual_seed(0)
-    model = build_model(preset).eval()
-    ckpt = save_checkpoint(root / "run" / "best.pt", {
-        "format": CHECKPOINT_FORMAT, "preset": preset_to_dict(preset), "model": model.state_dict(), "ema": None,
-        "step": 0, "config": {"train": {"train_split": "synth_train", "val_split": "synth_val"}},
-    })
+    ckpt, model = random_tiny_checkpoint(root / "run" / "best.pt")
     out = root / "export"
     result = CliRunner().invoke(app, ["export", "--checkpoint", str(ckpt), "--out", str(out), "--precision",
                                       "fp32,fp16,int8", "--calib-data", str(data), "--calib-frames", "6"])

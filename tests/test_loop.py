@@ -87,3 +87,16 @@ def test_loop_config_errors(loop_run, tmp_path) -> None:
     bad.write_text(f"seed_data: {root / 'seed'}\npool: {root / 'pool'}\nbudgett: 3\n")
     res = CliRunner().invoke(app, ["loop", "--config", str(bad)])
     assert res.exit_code == 1 and "unknown keys ['budgett']" in res.output
+
+
+def test_the_demo_runs_end_to_end(tmp_path) -> None:
+    from data_engine.demo import main
+
+    out = tmp_path / "demo"
+    main(["--out", str(out), "--scenes", "3", "--pool-scenes", "2", "--frames", "3", "--steps", "3", "--budget", "2"])
+    report = json.loads((out / "loop" / "loop_report.json").read_text())
+    assert [r["round"] for r in report["rows"]] == [0, 1]
+    assert report["rows"][1]["labeled_frames"] == report["rows"][0]["labeled_frames"] + 2
+    bench = json.loads((out / "bench.json").read_text())
+    assert [r["precision"] for r in bench["rows"]] == ["fp32", "int8"]
+    assert (out / "loop" / "seed0" / "mined" / "round0" / "queue" / "index.html").is_file()

@@ -15,16 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from model_inputs import random_tiny_checkpoint
 from typer.testing import CliRunner
 
 from data_engine.catalog import Catalog
 from data_engine.cli import app
 from data_engine.synth import SynthConfig, synthesize
 from export.exporter import export_checkpoint
-from perception.models.bev_model import build_model
-from perception.presets import get_preset, preset_to_dict
-from perception.training.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +34,7 @@ def world(tmp_path_factory):
     labeled, pool = root / "labeled", root / "pool"
     synthesize(SynthConfig(out=labeled, scenes=2, frames=3, seed=21, width=W, height=H), progress=False)
     synthesize(SynthConfig(out=pool, scenes=4, frames=5, seed=22, width=W, height=H, unlabeled=True), progress=False)
-    preset = get_preset("tiny")
-    torch.manual_seed(0)
-    model = build_model(preset).eval()
-    ckpt = save_checkpoint(root / "run" / "best.pt", {
-        "format": CHECKPOINT_FORMAT, "preset": preset_to_dict(preset), "model": model.state_dict(), "ema": None,
-        "step": 0, "config": {"train": {"train_split": "synth_train", "val_split": "synth_val"}},
-    })
+    ckpt, _ = random_tiny_checkpoint(root / "run" / "best.pt")
     export_checkpoint(ckpt, root / "export", ["fp32"], evaluate=False, log=lambda _: None)
     return {"root": root, "labeled": labeled, "pool": pool, "model": root / "export" / "model.fp32.onnx"}
 
