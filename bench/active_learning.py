@@ -5,7 +5,7 @@
 
 1. Worlds (in data/al/, rendered once): a seed labeled set (8 scenes), an unlabeled pool of other scenes
    of the same world, and a condition-balanced val set (night, fog and day scenes) never in the pool.
-2. The loop (`data-engine loop`, configs/loop_tiny.yaml; every round trains configs/tiny_loop.yaml
+2. The loop (`data-engine loop`, configs/loops/tiny.yaml; every round trains configs/tiny_loop.yaml
    from the same initialization) with three strategies and random selection at the same budget:
    ``uncertainty`` (det_entropy), ``rare`` (triggers for the rare classes) and ``novelty``.
 3. Yield, which needs no retraining: with the round-0 model, each arm picks one budget from the whole

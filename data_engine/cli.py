@@ -430,7 +430,7 @@ def qa(
 
 @app.command()
 def loop(
-    config: Path = typer.Option(..., "--config", help="The loop's YAML (see configs/loop_tiny.yaml)."),
+    config: Path = typer.Option(..., "--config", help="The loop's YAML (see configs/loops/tiny.yaml)."),
     out: str = typer.Option(None, "--out", help="Output directory (overrides the config's out)."),
     seeds: str = typer.Option(None, "--seeds", help="Seeds, comma-separated (overrides the config's seeds)."),
 ) -> None:

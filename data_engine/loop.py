@@ -92,8 +92,9 @@ class LoopConfig:
             raise LoopError(f"precision: fp32 or int8, got {self.precision!r}")
 
 
-def load_loop_config(path: str | Path, overrides: dict[str, Any] | None = None) -> LoopConfig:
-    """Read a loop YAML (keys of :class:`LoopConfig`; arms as a list of {name, strategies})."""
+def load_loop_config(path: str | Path, overrides: dict[str, Any] | None = None, check_paths: bool = True) -> LoopConfig:
+    """Read a loop YAML (keys of :class:`LoopConfig`; arms as a list of {name, strategies}); with
+    ``check_paths`` the datasets and the training config must exist."""
     import yaml
 
     path = Path(path)
@@ -117,7 +118,8 @@ def load_loop_config(path: str | Path, overrides: dict[str, Any] | None = None) 
         cfg = LoopConfig(**raw)
     except TypeError as exc:
         raise LoopError(f"{path}: {exc}") from None
-    cfg.validate()
+    if check_paths:
+        cfg.validate()
     return cfg
 
 

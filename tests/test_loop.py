@@ -100,3 +100,18 @@ def test_the_demo_runs_end_to_end(tmp_path) -> None:
     bench = json.loads((out / "bench.json").read_text())
     assert [r["precision"] for r in bench["rows"]] == ["fp32", "int8"]
     assert (out / "loop" / "seed0" / "mined" / "round0" / "queue" / "index.html").is_file()
+
+
+def test_the_shipped_loop_config_parses() -> None:
+    from pathlib import Path
+
+    from data_engine.loop import load_loop_config
+    from data_engine.strategies import make_strategy
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_loop_config(root / "configs" / "loops" / "tiny.yaml", check_paths=False)
+    assert (root / cfg.train_config).is_file() and cfg.val_data and cfg.val_data != cfg.pool
+    assert [a.name for a in cfg.arms][-1] == "random" and len(cfg.arms) <= 4
+    for arm in cfg.arms:
+        for spec in arm.strategies:
+            make_strategy(spec)
