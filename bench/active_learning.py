@@ -1,7 +1,7 @@
 """Active learning on the synthetic world: does mining pick better frames than random selection?
 
     python -m bench.active_learning [--out runs/active_learning] [--seeds 0] [--rounds 2] [--budget 30] \
-        [--steps 300] [--pool-scenes 30]
+        [--steps 300] [--pool-scenes 30] [--yield-model runs/export/edge_cpu/model.int8.onnx]
 
 1. Worlds (in data/al/, rendered once): a seed labeled set (8 scenes), an unlabeled pool of other scenes
    of the same world, and a condition-balanced val set (night, fog and day scenes) never in the pool.
@@ -10,7 +10,9 @@
    ``uncertainty`` (det_entropy), ``rare`` (triggers for the rare classes) and ``novelty``.
 3. Yield, which needs no retraining: with the round-0 model, each arm picks one budget from the whole
    pool; the world's truth says how many picks hold a rare class (construction_vehicle, trailer) or a
-   rare condition (night, fog), and how many rare objects there are per 100 picks.
+   rare condition (night, fog), and how many rare objects there are per 100 picks. ``--yield-model``
+   repeats this with another ONNX model (for instance a longer-trained one), to see how the yield
+   depends on the model that mines.
 
 Writes bench/results/active_learning.json and bench/results/learning_curves.png and prints the README
 tables. Costs about 30 minutes on 2 CPU cores with the defaults (one seed).
@@ -117,6 +119,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=30)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--pool-scenes", type=int, default=30)
+    parser.add_argument("--yield-model", type=Path, action="append", default=[],
+                        help="another ONNX model to measure the yield with (repeatable)")
     args = parser.parse_args()
     from data_engine.loop import Arm, LoopConfig, run_loop
 
@@ -128,19 +132,22 @@ def main() -> None:
                      rounds=args.rounds, budget=args.budget, arms=[Arm(a["name"], a["strategies"]) for a in ARMS],
                      seeds=seeds)
     loop = run_loop(cfg)
-    model = args.out / f"seed{seeds[0]}" / "round0" / "export" / "model.fp32.onnx"
-    yields = pick_yield(model, data, args.budget, seeds[0])
+    models = {"round-0 model": args.out / f"seed{seeds[0]}" / "round0" / "export" / "model.fp32.onnx"}
+    models.update({str(m): m for m in args.yield_model})
+    yields = {name: pick_yield(m, data, args.budget, seeds[0]) for name, m in models.items()}
     report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "arms": ARMS, "seeds": seeds,
               "rounds": args.rounds, "budget": args.budget, "steps": args.steps, "yield": yields,
               "learning_curves": loop["summary"], "wall_s": round(time.perf_counter() - t0, 1)}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     shutil.copy(args.out / "learning_curves.png", CURVES)
-    print(f"\nyield of one budget ({args.budget}) from the pool, picked by the round-0 model:")
-    print("| arm | frames with a rare class | frames in night or fog | rare objects per 100 picks |")
-    print("|---|---:|---:|---:|")
-    for name, y in yields.items():
-        print(f"| {name} | {y['rare_class_frames']:.2f} | {y['rare_condition_frames']:.2f} | {y['rare_objects_per_100']:.1f} |")
+    print(f"\nyield of one budget ({args.budget}) from the pool ({args.pool_scenes * 10} frames):")
+    print("| mined with | arm | frames with a rare class | frames in night or fog | rare objects per 100 picks |")
+    print("|---|---|---:|---:|---:|")
+    for model_name, per_arm in yields.items():
+        for name, y in per_arm.items():
+            print(f"| {model_name} | {name} | {y['rare_class_frames']:.2f} | {y['rare_condition_frames']:.2f} "
+                  f"| {y['rare_objects_per_100']:.1f} |")
     print()
     print((args.out / "loop_report.md").read_text())
     print(f"wrote {RESULTS} and {CURVES} ({report['wall_s'] / 60:.1f} min)")

@@ -346,17 +346,19 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = ("mAP", "NDS", "vehicle_iou",
-                                                                                       "ap_trailer")) -> Path | None:
-    """Metric against labeled frames, one line per arm (mean over seeds, spread shaded)."""
+def plot_curves(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = HEADLINE[:8]) -> Path | None:
+    """Metric against labeled frames, one panel per metric (four per row), one line per arm (mean over
+    seeds, spread shaded)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     summary = summarize(rows)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4))
-    for ax, m in zip(axes, metrics):
+    ncols = min(4, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    for ax, m in zip(axes.flat, metrics):
         for arm, entries in summary.items():
             pts = [(e["labeled_frames"], e[m]["mean"], e[m]["std"]) for e in entries if e.get(m)]
             if not pts:
@@ -368,7 +370,9 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...]
         ax.set_xlabel("labeled frames")
         ax.set_title(m)
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_visible(False)
+    axes.flat[0].legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
