@@ -1,6 +1,6 @@
 """`make demo`: the main job end to end on the built-in synthetic world, in minutes on 2 CPU cores.
 
-    python -m data_engine.demo [--out demo_out] [--scenes 8] [--pool-scenes 10] [--frames 10] [--steps 300]
+    python -m data_engine.demo [--out demo_out] [--scenes 8] [--pool-scenes 10] [--frames 10] [--steps 600]
 
 1. render a labeled world and an unlabeled pool of other scenes (nuScenes v1.0);
 2. train the tiny preset (configs/tiny_loop.yaml) and evaluate it on the world's val split;
@@ -69,7 +69,7 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenes", type=int, default=8)
     parser.add_argument("--pool-scenes", type=int, default=10)
     parser.add_argument("--frames", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--budget", type=int, default=16)
     args = parser.parse_args(argv)
     console = Console()
@@ -122,7 +122,7 @@ def run(argv: list[str] | None = None) -> None:
     console.rule("5/5  done")
     table = Table("metric (val split)", "before (seed set)", "after (+ mined frames)")
     table.add_row("labeled frames", str(loop["rows"][0]["labeled_frames"]), str(after["labeled_frames"]))
-    for key in ("mAP", "NDS", "vehicle_iou"):
+    for key in ("mAP", "NDS", "vehicle_iou", "drivable_iou"):
         table.add_row(key, _fmt(before.get(key)), _fmt(after.get(key)))
     console.print(table)
     for row in bench_rows:

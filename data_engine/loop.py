@@ -169,8 +169,9 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         v = (i.get("iou") or {}).get("vehicle") if isinstance(i.get("iou"), dict) else i.get("vehicle")
         return None if v is None else float(v)
 
+    drivable = (iou.get("iou") or iou).get("drivable_area") if isinstance(iou, dict) else None
     out: dict[str, Any] = {"mAP": float(det["mean_ap"]), "NDS": float(det["nd_score"]), "vehicle_iou": vehicle(iou),
-                           "samples": report["samples"]}
+                           "drivable_iou": None if drivable is None else float(drivable), "samples": report["samples"]}
     for c in ("construction_vehicle", "trailer"):
         ap = det.get("mean_dist_aps", {}).get(c)
         out[f"ap_{c}"] = None if ap is None else float(ap)
@@ -346,7 +347,7 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = HEADLINE[:8]) -> Path | None:
+def plot_curves(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = HEADLINE[:8]) -> Path:
     """Metric against labeled frames, one panel per metric (four per row), one line per arm (mean over
     seeds, spread shaded)."""
     import matplotlib
