@@ -125,6 +125,9 @@ def run(argv: list[str] | None = None) -> None:
     for key in ("mAP", "NDS", "vehicle_iou", "drivable_iou"):
         table.add_row(key, _fmt(before.get(key)), _fmt(after.get(key)))
     console.print(table)
+    console.print(f"one seed; 'after' has {after['labeled_frames'] - loop['rows'][0]['labeled_frames']} more labeled "
+                  "frames. Whether mining beats random selection at the same budget: python -m bench.active_learning",
+                  markup=False)
     for row in bench_rows:
         e2e = row["stages_ms"]["end_to_end"]["p50"]
         console.print(f"edge runtime, {row['name']}: {row['fps']:.1f} FPS, {e2e:.0f} ms from JPEGs to boxes (p50), "

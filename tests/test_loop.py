@@ -48,6 +48,7 @@ def test_the_loop_labels_the_picks_and_reports_each_round(loop_run) -> None:
         assert rows[(arm, 0)]["labeled_frames"] == seed_frames
         assert rows[(arm, 1)]["labeled_frames"] == seed_frames + 3  # the budget, labeled and trained on
         assert rows[(arm, 1)]["samples"] == 6  # every val frame evaluated
+        assert 0.0 <= rows[(arm, 1)]["drivable_iou"] <= 1.0
         with Catalog.open(out / "seed0" / arm / "catalog.db") as cat:
             recorded = cat.loop_rounds()
             assert [(r["arm"], r["round"]) for r in recorded] == [(arm, 0), (arm, 1)]
