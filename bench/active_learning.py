@@ -15,7 +15,7 @@
    depends on the model that mines.
 
 Writes bench/results/active_learning.json and bench/results/learning_curves.png and prints the README
-tables. Costs about 30 minutes on 2 CPU cores with the defaults (one seed).
+tables. Costs about 45 minutes per seed on 2 CPU cores with the defaults (resumable).
 """
 
 from __future__ import annotations
