@@ -165,20 +165,20 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     det = report["detection"]
     iou = report.get("bev_iou", {})
 
-    def vehicle(i: dict[str, Any]) -> float | None:
-        v = (i.get("iou") or {}).get("vehicle") if isinstance(i.get("iou"), dict) else i.get("vehicle")
+    def class_iou(i: dict[str, Any], name: str) -> float | None:
+        v = (i.get("iou") or {}).get(name) if isinstance(i.get("iou"), dict) else i.get(name)
         return None if v is None else float(v)
 
-    drivable = (iou.get("iou") or iou).get("drivable_area") if isinstance(iou, dict) else None
-    out: dict[str, Any] = {"mAP": float(det["mean_ap"]), "NDS": float(det["nd_score"]), "vehicle_iou": vehicle(iou),
-                           "drivable_iou": None if drivable is None else float(drivable), "samples": report["samples"]}
+    out: dict[str, Any] = {"mAP": float(det["mean_ap"]), "NDS": float(det["nd_score"]),
+                           "vehicle_iou": class_iou(iou, "vehicle"), "drivable_iou": class_iou(iou, "drivable_area"),
+                           "samples": report["samples"]}
     for c in ("construction_vehicle", "trailer"):
         ap = det.get("mean_dist_aps", {}).get(c)
         out[f"ap_{c}"] = None if ap is None else float(ap)
     for cond in ("night", "fog"):
         entry = report.get("conditions", {}).get(cond, {})
         out[f"mAP_{cond}"] = entry.get("detection", {}).get("mAP") if entry.get("samples") else None
-        out[f"vehicle_iou_{cond}"] = vehicle(entry.get("bev_iou", {})) if entry.get("samples") else None
+        out[f"vehicle_iou_{cond}"] = class_iou(entry.get("bev_iou", {}), "vehicle") if entry.get("samples") else None
         out[f"samples_{cond}"] = entry.get("samples", 0)
     return out
 
