@@ -98,12 +98,8 @@ def measure(preset_name: str, view: str, runs: int, data: Path, threads: int) ->
 
 
 def _inputs(model, batch) -> dict:
-    import torch
-
-    B = len(batch)
-    X, Y = model.heads_grid
     return {"images": batch.images, "K": batch.K, "ego_T_cam": batch.ego_T_cam, "cam_valid": batch.cam_valid,
-            "prev_state": torch.zeros(B, model.bev_encoder.channels, X, Y), "prev_T_curr": batch.prev_T_curr,
+            "prev_state": model.initial_state(len(batch)), "prev_T_curr": batch.prev_T_curr,
             "dt": batch.dt}
 
 

@@ -289,7 +289,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, pre
         rig = {"K": first.K.astype(float).tolist(), "ego_T_cam": first.ego_T_cam.astype(float).tolist()}
     meta = ModelMetadata(
         preset=preset_to_dict(preset), precision="fp32", checkpoint_sha256=file_sha256(checkpoint),
-        state_shape=(preset.model.bev_channels, *preset.bev.shape), embedding_dim=preset.model.embedding_dim,
+        state_shape=preset.state_shape, embedding_dim=preset.model.embedding_dim,
         static_batch=1 if static else None, fixed_rig=rig,
         exporter={"opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__},
     )

@@ -5,7 +5,8 @@ FP16 uses onnxruntime's float16 converter with float32 inputs and outputs kept, 
 every precision the same arrays. INT8 is onnxruntime.quantization's static QDQ quantization:
 per-channel int8 weights, uint8 activations calibrated (min/max) on real frames, and only the
 operator types in ``op_types`` quantized (convolutions by default): the geometry (projections,
-masks, ray encodings), attention and normalization stay in float, where int8 breaks such models.
+masks, ray encodings), attention and normalization stay in float, where int8 breaks such models;
+the ReLU and ReLU6 right after a quantized convolution are quantized with it (fused by onnxruntime).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from export.runtime.metadata import ModelMetadata
 __all__ = ["DEFAULT_INT8_OP_TYPES", "FeedReader", "int8_sensitivity", "quantize_int8", "to_fp16"]
 
 DEFAULT_INT8_OP_TYPES: tuple[str, ...] = ("Conv",)
+ACTIVATION_OP_TYPES: tuple[str, ...] = ("Relu", "Clip")  # quantized only right after a layer of op_types
 
 
 def to_fp16(fp32_path: str | Path, out_path: str | Path, metadata: ModelMetadata) -> Path:
@@ -79,8 +81,15 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, metadata: ModelMe
         graph = onnx.load(str(pre)).graph
         outputs = {o.name for o in graph.output}
         exclude = list(nodes_to_exclude) + [n.name for n in graph.node if outputs & set(n.output)]
+        # Activations (ReLU, ReLU6 as Clip) right after a quantized layer are quantized with it, so
+        # onnxruntime fuses them into the integer convolution instead of leaving the int8 domain for
+        # them; every other Clip or Relu (clamped grid coordinates, masks) stays in float.
+        producer = {o: n for n in graph.node for o in n.output}
+        follows = lambda n: n.input and n.input[0] in producer and producer[n.input[0]].op_type in op_types  # noqa: E731
+        activations = [n for n in graph.node if n.op_type in ACTIVATION_OP_TYPES]
+        exclude += [n.name for n in activations if not follows(n)]
         quantize_static(str(pre), str(q), FeedReader(calibration), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(op_types), per_channel=True, activation_type=QuantType.QUInt8,
+                        op_types_to_quantize=list(dict.fromkeys([*op_types, *ACTIVATION_OP_TYPES])), per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                         calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
@@ -105,6 +114,8 @@ def int8_sensitivity(fp32_path: str | Path, int8_path: str | Path, feeds: Sequen
         float_acts = qdq_loss_debug.collect_activations(str(fp_aug), FeedReader(feeds))
         q_acts = qdq_loss_debug.collect_activations(str(q_aug), FeedReader(feeds))
         matching = qdq_loss_debug.create_activation_matching(q_acts, float_acts)
+        # Activations fused into a layer (ReLU6 after a conv) have no float twin among the layers' inputs.
+        matching = {name: m for name, m in matching.items() if "float" in m}
         errors = qdq_loss_debug.compute_activation_error(matching)
     # Name each activation by the layers reading it (their weight's name, e.g. model.neck.lateral.0), or
     # else by the layer writing it ("... output").

@@ -30,7 +30,7 @@ from .augment import AugmentConfig
 from .data.dataset import DatasetConfig
 from .models.backbone import BACKBONES
 from .models.config import ModelConfig
-from .presets import PRESETS, Preset, get_preset
+from .presets import PRESETS, Preset, get_preset, with_backbone_normalization
 from .training.criterion import LossConfig
 
 
@@ -52,6 +52,7 @@ class TrainConfig:
     clip_length: int = 1  # consecutive frames per clip, video state carried through them; 1 = frame-level
     grad_accum: int = 1  # micro-steps accumulated per optimizer step
     lr: float = 5e-4  # AdamW peak learning rate
+    backbone_lr_scale: float = 1.0  # learning-rate multiplier of the (pretrained) image backbone
     weight_decay: float = 0.01  # AdamW decoupled weight decay (not on norms, biases, uncertainty weights)
     warmup_steps: int = 100  # linear warm-up from 0 to lr over this many steps
     min_lr_ratio: float = 0.05  # cosine decay floor, as a fraction of lr
@@ -83,6 +84,8 @@ class TrainConfig:
                 raise ValueError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if not self.lr > 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if not self.backbone_lr_scale >= 0:
+            raise ValueError(f"train.backbone_lr_scale must be >= 0 (0 freezes the backbone), got {self.backbone_lr_scale}")
         if not self.weight_decay >= 0:
             raise ValueError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
         if not self.grad_clip >= 0:
@@ -142,7 +145,7 @@ class ExperimentConfig:
 
 def resolve(cfg: ExperimentConfig) -> Preset:
     """The experiment's preset with its model overrides applied (what the model and dataset are built from)."""
-    return replace(get_preset(cfg.preset), model=cfg.model)
+    return with_backbone_normalization(replace(get_preset(cfg.preset), model=cfg.model))
 
 
 # --------------------------------------------------------------------------------------------------

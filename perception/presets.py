@@ -87,19 +87,51 @@ class Preset:
         g = self.grid
         return BEVGrid(g.x_min, g.x_max, g.y_min, g.y_max, g.resolution * self.tasks.det_stride)
 
+    @property
+    def trunk_grid(self) -> GridConfig:
+        """The grid the view transform, the video module and the BEV encoder run on: the BEV grid
+        coarsened by ``model.bev_stride``."""
+        return dataclasses.replace(self.grid, resolution=self.grid.resolution * self.model.bev_stride)
 
-PRESETS: dict[str, Preset] = {
-    # For tests and CPU experiments: small images, a +-25.6 m grid at 0.8 m (64 x 64).
-    "tiny": Preset("tiny", InputConfig(96, 176), GridConfig(-25.6, 25.6, -25.6, 25.6, 0.8),
-                   model=ModelConfig("resnet18", neck_channels=64, bev_channels=64, query_stride=2)),
-    # For edge devices: 224 x 400 images, a +-25 m grid at 0.5 m (100 x 100).
-    "edge": Preset("edge", InputConfig(224, 400), GridConfig(-25.0, 25.0, -25.0, 25.0, 0.5),
-                   model=ModelConfig("resnet18", neck_channels=96, bev_channels=96, query_stride=4)),
+    @property
+    def state_shape(self) -> tuple[int, int, int]:
+        """(C, X, Y) of the video state (``prev_state`` / ``state``)."""
+        return (self.model.bev_channels, *self.trunk_grid.bev.shape)
+
+    def __post_init__(self) -> None:
+        X, Y = self.bev.shape
+        s, d = self.model.bev_stride, self.tasks.det_stride
+        if X % s or Y % s or X % d or Y % d:
+            raise ValueError(f"preset {self.name}: BEV grid {X}x{Y} must be divisible by model.bev_stride {s} "
+                             f"and tasks.det_stride {d}")
+        if max(s, d) % min(s, d):
+            raise ValueError(f"preset {self.name}: model.bev_stride {s} and tasks.det_stride {d} must divide one another")
+
+
+def with_backbone_normalization(preset: Preset) -> Preset:
+    """``preset`` with the pixel normalization its backbone's pretrained weights expect (the model
+    normalizes inside its graph; the ONNX metadata records it)."""
+    mean, std = preset.model.normalization
+    return dataclasses.replace(preset, input=dataclasses.replace(preset.input, mean=mean, std=std))
+
+
+PRESETS: dict[str, Preset] = {p.name: with_backbone_normalization(p) for p in (
+    # For tests and CPU experiments: small images, a +-25.6 m grid at 0.8 m (64 x 64); ImageNet
+    # EfficientNet-Lite0.
+    Preset("tiny", InputConfig(96, 176), GridConfig(-25.6, 25.6, -25.6, 25.6, 0.8),
+           model=ModelConfig("efficientnet_lite0", "imagenet", neck_channels=64, bev_channels=64)),
+    # For edge devices: 224 x 400 images, a +-25 m grid at 0.5 m (100 x 100) for segmentation; the
+    # BEV trunk and detection at 1 m (50 x 50); ImageNet EfficientNet-Lite0 to stride 16 (strides 8
+    # and 16 feed the view transform).
+    Preset("edge", InputConfig(224, 400), GridConfig(-25.0, 25.0, -25.0, 25.0, 0.5), TaskConfig(det_stride=2),
+           model=ModelConfig("efficientnet_lite0", "imagenet", neck_channels=64, bev_channels=64, bev_stride=2,
+                             feature_levels=(0, 1))),
     # The nuScenes BEV standard: 448 x 800 images, +-50 m at 0.5 m (200 x 200), detection at 1 m.
-    "base": Preset("base", InputConfig(448, 800), GridConfig(-50.0, 50.0, -50.0, 50.0, 0.5),
-                   TaskConfig(det_stride=2, max_objects=500),
-                   ModelConfig("resnet50", neck_channels=128, bev_channels=128, query_stride=4, attn_heads=8)),
-}
+    # For GPUs; set model.pretrained to a local torchvision/timm ResNet-50 file.
+    Preset("base", InputConfig(448, 800), GridConfig(-50.0, 50.0, -50.0, 50.0, 0.5),
+           TaskConfig(det_stride=2, max_objects=500),
+           ModelConfig("resnet50", None, neck_channels=128, bev_channels=128, bev_stride=2, attn_heads=8)),
+)}
 
 
 def get_preset(name: str) -> Preset:

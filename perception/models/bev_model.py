@@ -20,10 +20,12 @@ from .neck import Neck
 from .temporal import VideoModule
 from .view_lift_splat import LiftSplat
 from .view_sampling import SamplingLift
+from .view_global_attention import GlobalAttentionFusion
 from .view_transformer import TransformerFusion
 
 VIEW_TRANSFORMS: dict[str, Callable[[Preset, list[int], list[int]], nn.Module]] = {
     "transformer": TransformerFusion,
+    "global_attention": GlobalAttentionFusion,
     "sampling": SamplingLift,
     "lift_splat": LiftSplat,
 }
@@ -51,19 +53,20 @@ class BEVModel(nn.Module):
 
         images uint8 [B, N, 3, H, W] RGB (normalized here, inside the graph); K float [B, N, 3, 3]
         (intrinsics of these H x W images); ego_T_cam float [B, N, 4, 4]; cam_valid bool [B, N];
-        prev_state float [B, C, X, Y] (zeros at a clip's first frame); prev_T_curr float [B, 4, 4]
+        prev_state float [B, C, Xt, Yt] (zeros at a clip's first frame); prev_T_curr float [B, 4, 4]
         (current ego frame -> previous); dt float [B] (s since the previous frame).
 
         Returns heatmap [B, K, Xd, Yd] and regression [B, 10, Xd, Yd] (detection, before sigmoid;
-        decoded by perception.boxes), seg [B, S, X, Y] logits, state [B, C, X, Y] (the next frame's
-        prev_state), embedding [B, E]; lift_splat adds depth_logits [B, N, D, h, w].
+        decoded by perception.boxes), seg [B, S, X, Y] logits, state [B, C, Xt, Yt] (the next frame's
+        prev_state, on the trunk grid: ``Preset.state_shape``), embedding [B, E]; lift_splat adds
+        depth_logits [B, N, D, h, w].
         """
         B, N, _, H, W = images.shape
         x = (images.reshape(B * N, 3, H, W).float() - self.pixel_mean) / self.pixel_std  # [B*N, 3, H, W]
         feats = self.neck(self.backbone(x))  # per level [B*N, C, h, w]
         feats = [f.reshape(B, N, *f.shape[1:]) for f in feats]  # per level [B, N, C, h, w]
         lifted = self.view_transform(feats, K.float(), ego_T_cam.float(), cam_valid.bool())
-        bev = lifted["bev"]  # [B, C, X, Y]
+        bev = lifted["bev"]  # [B, C, Xt, Yt], the trunk grid
         if self.temporal is not None:
             bev, state = self.temporal(bev, prev_state.to(bev.dtype), prev_T_curr.float(), dt.float())
         else:
@@ -75,21 +78,22 @@ class BEVModel(nn.Module):
         return out
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The zero video state [B, C, X, Y] of a clip's first frame."""
-        X, Y = self.heads_grid
-        return torch.zeros(batch, self.bev_encoder.channels, X, Y, device=device)
+        """The zero video state [B, C, Xt, Yt] of a clip's first frame."""
+        return torch.zeros(batch, *self.state_shape, device=device)
 
     @property
-    def heads_grid(self) -> tuple[int, int]:
+    def state_shape(self) -> tuple[int, int, int]:
+        """(C, Xt, Yt) of the video state: the BEV trunk's channels and grid."""
         vt = self.view_transform
-        return int(vt.X), int(vt.Y)
+        return self.bev_encoder.channels, int(vt.X), int(vt.Y)
 
 
 def build_model(preset: Preset) -> BEVModel:
     """The model a preset names (its ``model`` config): backbone, FPN, view transform, video module,
     BEV encoder and heads."""
     cfg = preset.model
-    backbone = build_backbone(cfg.backbone, cfg.pretrained)
+    backbone = build_backbone(cfg.backbone, cfg.pretrained, levels=max(cfg.levels) + 1,
+                              frozen_stages=cfg.frozen_stages)
     neck = Neck(backbone.channels, backbone.strides, cfg.neck_channels, cfg.levels)
     try:
         view_transform = VIEW_TRANSFORMS[cfg.view_transform](preset, neck.channels, neck.strides)

@@ -38,13 +38,33 @@ def project_to_cameras(points_ego: torch.Tensor, K: torch.Tensor, ego_T_cam: tor
     -> pixels [B, N, P, 2] (cv2 convention: integer coordinates are pixel centres), depth [B, N, P]
     (camera z in metres; pixels are meaningless where depth <= eps).
     """
-    cam_T_ego = invert_rigid(ego_T_cam)  # [B, N, 4, 4]
-    rot, trans = cam_T_ego[..., :3, :3], cam_T_ego[..., :3, 3]
-    cam = torch.einsum("bnij,bpj->bnpi", rot, points_ego) + trans[:, :, None, :]  # [B, N, P, 3]
-    depth = cam[..., 2]
-    pix = torch.einsum("bnij,bnpj->bnpi", K, cam)
+    # pix_T_ego [B, N, 3, 4] applied to the points as columns: [B, N, 3, P] (rows u*z, v*z, z), so
+    # each coordinate is a [B, N, P] slice; no einsum and no broadcast over a short innermost axis
+    # (both slow in onnxruntime).
+    pix_T_ego = K @ invert_rigid(ego_T_cam)[..., :3, :]
+    ones = torch.ones_like(points_ego[..., :1])
+    cols = torch.cat([points_ego, ones], dim=-1).transpose(1, 2)[:, None]  # [B, 1, 4, P]
+    pix = pix_T_ego @ cols  # [B, N, 3, P]
+    depth = pix[:, :, 2]
     safe = torch.where(depth.abs() > eps, depth, torch.full_like(depth, eps))
-    return pix[..., :2] / safe[..., None], depth
+    return torch.stack([pix[:, :, 0] / safe, pix[:, :, 1] / safe], dim=-1), depth
+
+
+def sampling_grid(points_ego: torch.Tensor, K: torch.Tensor, ego_T_cam: torch.Tensor, cam_valid: torch.Tensor,
+                  h: int, w: int, stride: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where ego-frame points land on every camera's h x w feature map at ``stride``, as
+    ``grid_sample`` coordinates (align_corners=False: -1 and 1 are the map's outer edges).
+
+    points_ego [B, P, 3]; K [B, N, 3, 3] (of the input images); ego_T_cam [B, N, 4, 4]; cam_valid [B, N]
+    -> grid [B, N, P, 2] (x along the width, y along the height), valid [B, N, P] (in front of a valid
+    camera and inside its image; the grid is meaningless elsewhere).
+    """
+    pix, depth = project_to_cameras(points_ego, K, ego_T_cam)
+    # The feature map covers w*stride x h*stride input pixels; pixel centres sit at integer coordinates.
+    gx = (pix[..., 0] + 0.5) / (w * stride) * 2 - 1
+    gy = (pix[..., 1] + 0.5) / (h * stride) * 2 - 1
+    valid = (depth > 0.1) & (gx.abs() <= 1) & (gy.abs() <= 1) & cam_valid[:, :, None]
+    return torch.stack([gx, gy], dim=-1), valid
 
 
 def camera_rays(K: torch.Tensor, ego_T_cam: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

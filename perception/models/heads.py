@@ -21,14 +21,28 @@ def _conv_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 
 class Heads(nn.Module):
-    """bev [B, C, X, Y] -> {"seg": [B, S, X, Y] logits, "heatmap": [B, K, Xd, Yd] logits,
-    "regression": [B, 10, Xd, Yd] (boxes.REGRESSION_CHANNELS), "embedding": [B, E] unit vectors}."""
+    """bev [B, C, Xt, Yt] (the trunk grid, ``model.bev_stride`` times coarser than the BEV grid) ->
+    {"seg": [B, S, X, Y] logits on the BEV grid, "heatmap": [B, K, Xd, Yd] logits and "regression":
+    [B, 10, Xd, Yd] (boxes.REGRESSION_CHANNELS) on the detection grid, "embedding": [B, E] unit vectors}.
+
+    Segmentation on a coarser trunk is upsampled (bilinear) and refined by a 3x3 conv at full
+    resolution; detection strides down or upsamples from the trunk to its grid."""
 
     def __init__(self, preset: Preset, channels: int):
         super().__init__()
         tasks = preset.tasks
-        self.seg = nn.Sequential(_conv_block(channels, channels), nn.Conv2d(channels, len(tasks.seg_classes), 1))
-        self.det_trunk = _conv_block(channels, channels, stride=tasks.det_stride)
+        s, d = preset.model.bev_stride, tasks.det_stride
+        S = len(tasks.seg_classes)
+        if s == 1:
+            self.seg = nn.Sequential(_conv_block(channels, channels), nn.Conv2d(channels, S, 1))
+        else:
+            half = max(channels // 2, 8)
+            self.seg = nn.Sequential(_conv_block(channels, channels), nn.Upsample(scale_factor=s, mode="bilinear"),
+                                     _conv_block(channels, half), nn.Conv2d(half, S, 1))
+        det_stride = max(d // s, 1)  # trunk cells per detection cell
+        det_up = max(s // d, 1)  # detection cells per trunk cell
+        self.det_trunk = nn.Sequential(nn.Upsample(scale_factor=det_up, mode="bilinear") if det_up > 1 else nn.Identity(),
+                                       _conv_block(channels, channels, stride=det_stride))
         self.heatmap = nn.Sequential(_conv_block(channels, channels), nn.Conv2d(channels, len(tasks.det_classes), 1))
         self.regression = nn.Sequential(_conv_block(channels, channels), nn.Conv2d(channels, NUM_REGRESSION, 1))
         nn.init.constant_(self.heatmap[-1].bias, -math.log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR))

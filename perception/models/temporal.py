@@ -23,7 +23,7 @@ class VideoModule(nn.Module):
 
     def __init__(self, preset: Preset, channels: int):
         super().__init__()
-        g = preset.grid
+        g = preset.trunk_grid
         self.X, self.Y = g.bev.shape
         cells = bev_points(g.x_min, g.x_max, g.y_min, g.y_max, self.X, self.Y, [0.0])[0]  # [X, Y, 3]
         self.register_buffer("cells", cells.reshape(-1, 3), persistent=False)

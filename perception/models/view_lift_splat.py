@@ -23,7 +23,7 @@ class LiftSplat(nn.Module):
 
     def __init__(self, preset: Preset, channels: list[int], strides: list[int]):
         super().__init__()
-        cfg, grid = preset.model, preset.grid
+        cfg, grid = preset.model, preset.trunk_grid
         self.stride = strides[0]  # the finest level, with the coarser ones merged in
         self.X, self.Y = grid.bev.shape
         self.grid = grid

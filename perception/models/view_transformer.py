@@ -1,16 +1,24 @@
-"""`transformer` (the default view transform): BEV queries cross-attend to the cameras' image tokens.
+"""`transformer` (the default view transform): geometry-seeded spatial cross-attention, BEVFormer's
+spatial cross-attention (SCA) written as the Deformable-DETR decomposition in plain ops.
 
-- Queries sit on a grid ``query_stride`` times coarser than the BEV output (upsampled after); each
-  carries a learned embedding plus an encoding of its ego-frame position.
-- Keys are the pixels of the FPN levels (``ModelConfig.levels``: strides 16 and 32). Each key carries a 3D ray
-  encoding computed in the graph from K and ego_T_cam (the ray direction and the camera centre in
-  the ego frame), a camera embedding and a level embedding, so a new rig is only new inputs.
-- Each query attends only to the cameras its pillar (the query cell at ``z_levels``) projects into,
-  and never to invalid cameras: a mask computed in the graph. A learned null token is always
-  visible, so a query that no camera sees stays defined.
-- Several layers of cross-attention (scaled_dot_product_attention) and a feed-forward block, with
-  local mixing among queries by a depthwise 3x3 convolution (not global self-attention, so a dead
-  camera disturbs only its own field of view).
+- One query per cell of the BEV trunk's grid. Its pillar (the cell centre at each of ``z_levels``) is
+  projected into every camera in the graph (K and ego_T_cam are inputs): the reference points.
+- Each layer projects the image features to values (1x1 conv, split into heads) and samples them with
+  4-D ``grid_sample`` at the reference points plus learned offsets (per head, height and point, from
+  the query); a softmax over cameras and points (per head and height), computed from the query with
+  cameras that do not see the point masked, weighs the samples. Heights stay apart as channels and a
+  1x1 conv mixes them, as in the sampling lift.
+- Layer 1's query is a learned embedding plus an encoding of the cell's position, and its output goes
+  through the sampling lift's compression (:func:`~.view_sampling.compress_heights`). Later layers
+  take the BEV features so far as their query (content-conditioned offsets and weights) and add
+  their result through a zero-initialised projection and feed-forward block (residual).
+
+Initialisation makes step 0 exactly the sampling lift (Simple-BEV's masked camera mean): value
+projections are the identity, offset and weight heads are zero (so the softmax is the mean over the
+cameras that see each point), and the later layers add zero. The model starts on the lift's learning
+curve and learns where else to look. Offsets train at :data:`OFFSET_LR_SCALE` of the learning rate
+(Deformable DETR). Standard ONNX ops only; the INT8 export quantizes convolutions, so the grid
+coordinates, the softmax and the normalization stay in float.
 """
 
 from __future__ import annotations
@@ -20,111 +28,137 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..presets import Preset
-from .camera_geometry import bev_points, camera_rays, feature_pixels, project_to_cameras
+from .camera_geometry import bev_points, sampling_grid
+from .neck import merge_to_finest
+from .view_sampling import compress_heights
+
+OFFSET_LR_SCALE = 0.1  # learning-rate multiplier of the sampling-offset heads (parameters named "*.offsets.*")
+MASK_LOGIT = 1e4  # subtracted from the attention logits of points a camera does not see
 
 
-class CrossAttentionLayer(nn.Module):
-    """queries [B, Q, C] attend to tokens [B, T, C] under mask [B, Q, T] (True = may attend)."""
+class SpatialCrossAttention(nn.Module):
+    """One SCA sampling step: queries [B, Q, D] sample feats [B, N, C, h, w] around their reference
+    points -> [B, C*Z, Q] (heights stacked as channels, channel c*Z + z as the sampling lift's).
 
-    def __init__(self, dim: int, heads: int, grid_hw: tuple[int, int]):
+    Only the ``cameras`` (K) first cameras that see a point are sampled (a point of a ring of cameras is
+    seen by at most two): the cameras' value maps are tiled side by side along the width, with a
+    zero column between them, so one 4-D ``grid_sample`` reads every chosen camera (BEVFormer's
+    "hit cameras only", without a gather of feature maps)."""
+
+    def __init__(self, query_dim: int, channels: int, heads: int, cameras: int, heights: int, points: int,
+                 sampled_cameras: int):
         super().__init__()
-        self.heads = heads
-        self.grid_hw = grid_hw
-        self.norm_q = nn.LayerNorm(dim)
-        self.norm_kv = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, dim)
-        self.to_k = nn.Linear(dim, dim)
-        self.to_v = nn.Linear(dim, dim)
-        self.proj = nn.Linear(dim, dim)
-        self.norm_ff = nn.LayerNorm(dim)
-        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-        self.mix = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)  # local mixing among neighbouring queries
+        self.M, self.N, self.Z, self.P, self.K = heads, cameras, heights, points, min(sampled_cameras, cameras)
+        self.value_proj = nn.Conv2d(channels, channels, 1)
+        self.offsets = nn.Linear(query_dim, heads * heights * points * 2)  # feature-map pixels (x, y)
+        self.weights = nn.Linear(query_dim, heads * cameras * heights * points)
+        nn.init.eye_(self.value_proj.weight[:, :, 0, 0])
+        nn.init.zeros_(self.value_proj.bias)
+        nn.init.zeros_(self.offsets.weight)
+        nn.init.zeros_(self.weights.weight)
+        nn.init.zeros_(self.weights.bias)
+        with torch.no_grad():  # points of a head start on a ring of radius <= 0.5 px (none for one point)
+            angle = torch.arange(points, dtype=torch.float32) * (2 * torch.pi / points)
+            ring = 0.5 * torch.stack([angle.cos(), angle.sin()], dim=-1) * (points > 1)  # [P, 2]
+            self.offsets.bias.copy_(ring.expand(heads, heights, points, 2).reshape(-1))
 
-    def forward(self, q: torch.Tensor, q_pos: torch.Tensor, tokens: torch.Tensor, key_pos: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
-        B, Q, C = q.shape
-        T = tokens.shape[1]
-        h = self.heads
-        kv = self.norm_kv(tokens)
-        query = self.to_q(self.norm_q(q) + q_pos).reshape(B, Q, h, C // h).transpose(1, 2)  # [B, h, Q, d]
-        key = self.to_k(kv + key_pos).reshape(B, T, h, C // h).transpose(1, 2)  # [B, h, T, d]
-        value = self.to_v(kv).reshape(B, T, h, C // h).transpose(1, 2)
-        attn = F.scaled_dot_product_attention(query, key, value, attn_mask=mask[:, None])  # [B, h, Q, d]
-        q = q + self.proj(attn.transpose(1, 2).reshape(B, Q, C))
-        q = q + self.ff(self.norm_ff(q))
-        gx, gy = self.grid_hw
-        grid = q.transpose(1, 2).reshape(B, C, gx, gy)
-        return q + self.mix(grid).reshape(B, C, Q).transpose(1, 2)
+    def forward(self, q: torch.Tensor, feats: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """q [B, Q, D]; feats [B, N, C, h, w]; ref [B, N, Z, Q, 2] (grid_sample coordinates of each
+        camera's map); valid [B, N, Z, Q] -> [B, C*Z, Q].
+
+        Per-sample tensors keep the queries on the last axis ([B, M, Z, K, P, Q]): elementwise ops
+        broadcast over a long innermost axis (onnxruntime is ~100x slower on a trailing axis of 1)."""
+        B, N, C, h, w = feats.shape
+        Q = q.shape[1]
+        M, Z, P, K = self.M, self.Z, self.P, self.K
+        d = C // M
+        # Values of every camera tiled along the width, a zero column each side: [B*M, d, h, N*(w+2)].
+        value = self.value_proj(feats.reshape(B * N, C, h, w)).reshape(B, N, M, d, h, w)
+        value = F.pad(value, [1, 1]).permute(0, 2, 3, 4, 1, 5).reshape(B * M, d, h, N * (w + 2))
+        # The K first cameras that see each (height, query): their index and whether they do see it.
+        order = valid.to(q.dtype) * (N - torch.arange(N, device=q.device, dtype=q.dtype))[None, :, None, None]
+        seen, cam = order.topk(K, dim=1)  # [B, K, Z, Q]
+        seen = (seen > 0).to(q.dtype).transpose(1, 2)[:, None, :, :, None]  # [B, 1, Z, K, 1, Q]
+        cam = cam.transpose(1, 2)  # [B, Z, K, Q]
+        pick = lambda t: t.transpose(1, 2).gather(2, cam)[:, None, :, :, None]  # noqa: E731  [B, N, Z, Q] -> [B, 1, Z, K, 1, Q]
+        # Reference pixels in the chosen camera's own map, plus the learned offsets (pixels), kept
+        # within the camera's tile, then as coordinates of the tiled map.
+        u = (pick(ref[..., 0]) + 1) * (w / 2) - 0.5
+        v = (pick(ref[..., 1]) + 1) * (h / 2) - 0.5
+        off = self.offsets(q).transpose(1, 2).reshape(B, M, Z, P, 2, Q)
+        u = (u + off[:, :, :, None, :, 0]).clamp(-1.0, float(w))  # [B, M, Z, K, P, Q]
+        v = (v + off[:, :, :, None, :, 1]).clamp(-1.0, float(h))
+        tile = cam.to(q.dtype)[:, None, :, :, None] * (w + 2) + 1  # [B, 1, Z, K, 1, Q]
+        gx = (u + tile + 0.5) * (2.0 / (N * (w + 2))) - 1
+        gy = (v + 0.5) * (2.0 / h) - 1
+        grid = torch.stack([gx, gy], dim=-1).reshape(B * M, Z, K * P * Q, 2)
+        sampled = F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        sampled = sampled.reshape(B, M, d, Z, K * P, Q)  # [B*M, d, Z, K*P*Q] unpacked
+        # Softmax over (chosen camera, point) per head and height, from the query's logits of those
+        # cameras; cameras that do not see the point are masked, and a point none sees weighs 0.
+        logits = self.weights(q).transpose(1, 2).reshape(B, M, N, Z, P, Q).transpose(2, 3)  # [B, M, Z, N, P, Q]
+        index = cam[:, None, :, :, None, :].expand(B, M, Z, K, P, Q)
+        logits = logits.gather(3, index) + (seen - 1.0) * MASK_LOGIT  # [B, M, Z, K, P, Q]
+        attn = logits.reshape(B, M, Z, K * P, Q).softmax(dim=3) * seen.expand(B, 1, Z, K, P, Q).reshape(B, 1, Z, K * P, Q)
+        out = (sampled * attn[:, :, None]).sum(dim=4)  # [B, M, d, Z, Q]
+        return out.reshape(B, C * Z, Q)
 
 
 class TransformerFusion(nn.Module):
-    """feats per level [B, N, C, h, w] + geometry -> {"bev": [B, bev_channels, X, Y]}."""
+    """feats per level [B, N, C, h, w] + geometry -> {"bev": [B, bev_channels, X, Y]} on the trunk grid."""
 
     def __init__(self, preset: Preset, channels: list[int], strides: list[int]):
         super().__init__()
-        cfg, grid = preset.model, preset.grid
-        dim = channels[0]
-        self.key_levels = tuple(range(len(channels)))  # every level the neck gives
-        self.strides = list(strides)
+        cfg, grid = preset.model, preset.trunk_grid
+        C, D = channels[0], cfg.bev_channels
+        self.stride = strides[0]  # the finest level, with the coarser ones merged in
         self.X, self.Y = grid.bev.shape
-        s = cfg.query_stride
-        if self.X % s or self.Y % s:
-            raise ValueError(f"BEV grid {self.X}x{self.Y} is not divisible by query_stride {s}")
-        self.qx, self.qy = self.X // s, self.Y // s
-        self.query_stride = s
-        pillars = bev_points(grid.x_min, grid.x_max, grid.y_min, grid.y_max, self.qx, self.qy, list(cfg.z_levels))
         self.Z = len(cfg.z_levels)
-        self.register_buffer("pillars", pillars.permute(1, 2, 0, 3).reshape(-1, 3), persistent=False)  # [Q*Z, 3]
-        centres = pillars[0, ..., :2].reshape(-1, 2)
-        scale = torch.tensor([max(abs(grid.x_min), abs(grid.x_max)), max(abs(grid.y_min), abs(grid.y_max))])
-        self.register_buffer("query_xy", centres / scale, persistent=False)  # [Q, 2] in [-1, 1]
-        self.query_embed = nn.Parameter(torch.randn(self.qx * self.qy, dim) * 0.02)
-        self.query_pos = nn.Sequential(nn.Linear(2, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
-        self.ray_pos = nn.Sequential(nn.Linear(6, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
-        self.camera_embed = nn.Parameter(torch.zeros(len(preset.input.cameras), dim))
-        self.level_embed = nn.Parameter(torch.zeros(len(channels), dim))
-        self.null_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.layers = nn.ModuleList([CrossAttentionLayer(dim, cfg.attn_heads, (self.qx, self.qy))
-                                     for _ in range(cfg.attn_layers)])
-        self.out = nn.Sequential(
-            nn.Conv2d(dim, cfg.bev_channels, 3, padding=1, bias=False), nn.BatchNorm2d(cfg.bev_channels),
-            nn.ReLU(inplace=True),
-        )
+        N = len(preset.input.cameras)
+        pillars = bev_points(grid.x_min, grid.x_max, grid.y_min, grid.y_max, self.X, self.Y, list(cfg.z_levels))
+        self.register_buffer("pillars", pillars.reshape(-1, 3), persistent=False)  # [Z*Q, 3]
+        half = torch.tensor([max(abs(grid.x_min), abs(grid.x_max)), max(abs(grid.y_min), abs(grid.y_max))])
+        self.register_buffer("query_xy", pillars[0, ..., :2].reshape(-1, 2) / half, persistent=False)  # [Q, 2]
+        self.query_embed = nn.Parameter(torch.zeros(self.X * self.Y, D))
+        self.query_pos = nn.Sequential(nn.Linear(2, D), nn.ReLU(inplace=True), nn.Linear(D, D))
+        sca = lambda: SpatialCrossAttention(D, C, cfg.attn_heads, N, self.Z, cfg.attn_points,  # noqa: E731
+                                            cfg.attn_cameras)
+        self.first = sca()
+        self.compress = compress_heights(C * self.Z, D)
+        self.layers = nn.ModuleList([RefineLayer(sca(), C * self.Z, D) for _ in range(cfg.attn_layers - 1)])
 
     def forward(self, feats: list[torch.Tensor], K: torch.Tensor, ego_T_cam: torch.Tensor,
                 cam_valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        B, N = K.shape[:2]
-        Q = self.qx * self.qy
-        # Which cameras each query's pillar projects into: [B, Q, N].
-        pix, depth = project_to_cameras(self.pillars[None].expand(B, -1, 3), K, ego_T_cam)  # [B, N, Q*Z, ...]
-        tokens, key_pos, token_cam = [], [], []
-        sees = None
-        for li, (level, stride) in enumerate(zip(self.key_levels, self.strides)):
-            f = feats[level]
-            _, _, C, h, w = f.shape
-            if sees is None:
-                H, W = h * stride, w * stride
-                inside = (depth > 0.1) & (pix[..., 0] >= -0.5) & (pix[..., 0] <= W - 0.5) & \
-                    (pix[..., 1] >= -0.5) & (pix[..., 1] <= H - 0.5)
-                sees = inside.reshape(B, N, Q, self.Z).any(dim=-1) & cam_valid[:, :, None]  # [B, N, Q]
-            tokens.append(f.permute(0, 1, 3, 4, 2).reshape(B, N * h * w, C))
-            dirs, centres = camera_rays(K, ego_T_cam, feature_pixels(h, w, stride, device=f.device))
-            ray = torch.cat([dirs, centres[:, :, None, :].expand(-1, -1, h * w, -1) / 10.0], dim=-1)  # [B, N, hw, 6]
-            pos = self.ray_pos(ray) + self.camera_embed[None, :N, None, :] + self.level_embed[li]
-            key_pos.append(pos.reshape(B, N * h * w, C))
-            token_cam.append(torch.arange(N, device=f.device).repeat_interleave(h * w))
-        tokens_t = torch.cat(tokens + [self.null_token.expand(B, 1, -1)], dim=1)  # [B, T+1, C]
-        key_pos_t = torch.cat(key_pos + [torch.zeros_like(self.null_token).expand(B, 1, -1)], dim=1)
-        cam_of_token = torch.cat(token_cam)  # [T]
-        assert sees is not None
-        mask = sees.transpose(1, 2)[:, :, cam_of_token]  # [B, Q, T]
-        mask = torch.cat([mask, torch.ones_like(mask[:, :, :1])], dim=-1)  # the null token is always visible
-        q = self.query_embed[None].expand(B, -1, -1)
-        q_pos = self.query_pos(self.query_xy)[None]
+        f = merge_to_finest(feats)  # [B, N, C, h, w]
+        B, N, C, h, w = f.shape
+        Q, X, Y, Z = self.X * self.Y, self.X, self.Y, self.Z
+        ref, valid = sampling_grid(self.pillars[None].expand(B, -1, 3), K, ego_T_cam, cam_valid, h, w, self.stride)
+        ref, valid = ref.reshape(B, N, Z, Q, 2), valid.reshape(B, N, Z, Q)
+        pos = self.query_pos(self.query_xy)[None]  # [1, Q, D]
+        q = (self.query_embed[None] + pos).expand(B, -1, -1)
+        bev = self.compress(self.first(q, f, ref, valid).reshape(B, C * Z, X, Y))  # [B, D, X, Y]
         for layer in self.layers:
-            q = layer(q, q_pos, tokens_t, key_pos_t, mask)
-        C = q.shape[-1]
-        grid = q.transpose(1, 2).reshape(B, C, self.qx, self.qy)
-        if self.query_stride > 1:
-            grid = F.interpolate(grid, scale_factor=self.query_stride, mode="bilinear", align_corners=False)
-        return {"bev": self.out(grid)}
+            bev = layer(bev, pos, f, ref, valid)
+        return {"bev": bev}
+
+
+class RefineLayer(nn.Module):
+    """A content-conditioned SCA layer: bev [B, D, X, Y] -> bev + proj(SCA(norm(bev) + pos)) + FFN,
+    an identity at initialisation (the projection and the FFN's last conv start at zero)."""
+
+    def __init__(self, sca: SpatialCrossAttention, sampled_channels: int, dim: int):
+        super().__init__()
+        self.sca = sca
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Conv2d(sampled_channels, dim, 1)
+        self.ffn = nn.Sequential(nn.Conv2d(dim, 2 * dim, 1), nn.ReLU(inplace=True), nn.Conv2d(2 * dim, dim, 1))
+        for conv in (self.proj, self.ffn[-1]):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, bev: torch.Tensor, pos: torch.Tensor, feats: torch.Tensor, ref: torch.Tensor,
+                valid: torch.Tensor) -> torch.Tensor:
+        B, D, X, Y = bev.shape
+        q = self.norm(bev.flatten(2).transpose(1, 2)) + pos  # [B, Q, D]
+        bev = bev + self.proj(self.sca(q, feats, ref, valid).reshape(B, -1, X, Y))
+        return bev + self.ffn(bev)

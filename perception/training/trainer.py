@@ -30,6 +30,7 @@ from ..data.batch import FrameRef, MultiCamBatch, collate_frames
 from ..data.dataset import DatasetConfig, MultiCamDataset
 from ..data.sampler import ClipBatchSampler
 from ..models.bev_model import BEVModel, build_model
+from ..models.view_transformer import OFFSET_LR_SCALE
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, preset_to_dict, save_checkpoint
 from .criterion import Criterion
 
@@ -98,6 +99,21 @@ class Stop:
         self.requested = True
 
 
+def param_groups(model: nn.Module, criterion: nn.Module, lr: float, weight_decay: float,
+                 backbone_lr_scale: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: weight decay on weights (not on norms, biases, embeddings or the loss
+    weights); the backbone at ``backbone_lr_scale`` of ``lr`` and sampling offsets at
+    OFFSET_LR_SCALE (Deformable DETR), every other parameter at ``lr``."""
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        scale = backbone_lr_scale if name.startswith("backbone.") else OFFSET_LR_SCALE if ".offsets." in name else 1.0
+        decay = p.ndim > 1 and not name.endswith("_embed")
+        groups.setdefault((scale, decay), []).append(p)
+    groups.setdefault((1.0, False), []).extend(criterion.parameters())
+    return [{"params": params, "lr": lr * scale, "weight_decay": weight_decay if decay else 0.0}
+            for (scale, decay), params in groups.items() if params]
+
+
 def model_inputs(batch: MultiCamBatch, state: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"images": batch.images, "K": batch.K, "ego_T_cam": batch.ego_T_cam, "cam_valid": batch.cam_valid,
             "prev_state": state, "prev_T_curr": batch.prev_T_curr, "dt": batch.dt}
@@ -138,10 +154,7 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
     if d.world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     criterion = Criterion.for_preset(preset, cfg.loss).to(device)
-    decay = [p for n, p in raw.named_parameters() if p.ndim > 1 and not n.endswith("_embed")]
-    no_decay = [p for n, p in raw.named_parameters() if p.ndim <= 1 or n.endswith("_embed")]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                                   {"params": no_decay + list(criterion.parameters()), "weight_decay": 0.0}], lr=tc.lr)
+    optimizer = torch.optim.AdamW(param_groups(raw, criterion, tc.lr, tc.weight_decay, tc.backbone_lr_scale), lr=tc.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.steps, tc.min_lr_ratio))
     ema = torch.optim.swa_utils.AveragedModel(raw, avg_fn=_ema_avg(tc.ema_decay), use_buffers=True) \
@@ -149,8 +162,7 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
     use_bf16 = tc.amp == "bf16" or (tc.amp == "auto" and device.type == "cuda")
 
     step, epoch, position = 0, 0, 0
-    X, Y = raw.heads_grid
-    state = torch.zeros(tc.batch_size, preset.model.bev_channels, X, Y, device=device)
+    state = raw.initial_state(tc.batch_size, device)
     if resume:
         ckpt = load_checkpoint(run_dir / "last.pt")
         raw.load_state_dict(ckpt["model"])

@@ -1,0 +1,97 @@
+"""The geometry-seeded transformer (spatial cross-attention): exactly the sampling lift at
+initialisation, samples only the cameras that see a point and never across a camera's edge, and its
+sampling offsets train at a tenth of the learning rate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model_inputs import model_inputs, preset_with
+from perception.models.bev_model import build_model
+from perception.models.view_sampling import SamplingLift
+from perception.models.view_transformer import OFFSET_LR_SCALE
+from perception.training.criterion import Criterion
+from perception.training.trainer import param_groups
+
+
+def _features(model, inputs):
+    B, N = inputs["K"].shape[:2]
+    x = (inputs["images"].reshape(B * N, 3, *inputs["images"].shape[-2:]).float() - model.pixel_mean) / model.pixel_std
+    return [f.reshape(B, N, *f.shape[1:]) for f in model.neck(model.backbone(x))]
+
+
+@pytest.mark.parametrize("preset_name", ["tiny", "edge"])
+@pytest.mark.parametrize("cameras", [2, 6])
+def test_at_initialisation_the_transformer_is_the_sampling_lift(preset_name: str, cameras: int) -> None:
+    preset = preset_with(preset_name, view_transform="transformer", attn_cameras=cameras)
+    torch.manual_seed(0)
+    model = build_model(preset).eval()
+    lift = SamplingLift(preset_with(preset_name, view_transform="sampling"), model.neck.channels,
+                        model.neck.strides).eval()
+    lift.compress.load_state_dict(model.view_transform.compress.state_dict())
+    inputs = model_inputs(preset, batch=2, seed=3)
+    inputs["cam_valid"][1, 2] = False  # a dead camera in the second sample
+    with torch.no_grad():
+        feats = _features(model, inputs)
+        got = model.view_transform(feats, inputs["K"], inputs["ego_T_cam"], inputs["cam_valid"])["bev"]
+        want = lift(feats, inputs["K"], inputs["ego_T_cam"], inputs["cam_valid"])["bev"]
+    assert got.shape == want.shape == (2, preset.model.bev_channels, *preset.trunk_grid.bev.shape)
+    assert want.abs().max() > 1.0
+    # Equal to float32 rounding of the sampling coordinates (relative to the features' scale).
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_samples_never_cross_into_the_next_camera() -> None:
+    preset = preset_with("tiny", view_transform="transformer")
+    torch.manual_seed(0)
+    model = build_model(preset).eval()
+    sca = model.view_transform.first
+    inputs = model_inputs(preset)
+    with torch.no_grad():
+        feats = _features(model, inputs)
+        vt = model.view_transform
+        B, N, C, h, w = feats[0].shape[0], *feats[0].shape[1:]
+        q = (vt.query_embed[None] + vt.query_pos(vt.query_xy)[None])
+        from perception.models.camera_geometry import sampling_grid
+        from perception.models.neck import merge_to_finest
+
+        f = merge_to_finest(feats)
+        h, w = f.shape[-2:]
+        ref, valid = sampling_grid(vt.pillars[None], inputs["K"], inputs["ego_T_cam"], inputs["cam_valid"], h, w,
+                                   vt.stride)
+        ref, valid = ref.reshape(1, N, vt.Z, -1, 2), valid.reshape(1, N, vt.Z, -1)
+        plain = sca(q, f, ref, valid)
+        for shift in (1e3, -1e3):  # every sample pushed far past its camera's left or right edge
+            sca.offsets.bias.fill_(shift)
+            pushed = sca(q, f, ref, valid)
+            assert plain.abs().max() > 0.1 and pushed.abs().max() == 0.0
+
+
+def test_gradients_reach_the_attention_once_it_has_moved() -> None:
+    preset = preset_with("tiny", view_transform="transformer")
+    torch.manual_seed(0)
+    model = build_model(preset).train()
+    inputs = model_inputs(preset, batch=2)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    for _ in range(3):  # the refining layers open from zero: their projection, then their heads
+        opt.zero_grad()
+        sum(v.float().pow(2).mean() for v in model(**inputs).values()).backward()
+        opt.step()
+    vt = model.view_transform
+    for layer in [vt.first, *[lay.sca for lay in vt.layers]]:
+        for name in ("offsets", "weights", "value_proj"):
+            grad = getattr(layer, name).weight.grad
+            assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_offsets_and_backbone_have_their_learning_rates() -> None:
+    preset = preset_with("tiny", view_transform="transformer")
+    model = build_model(preset)
+    criterion = Criterion.for_preset(preset)
+    groups = param_groups(model, criterion, lr=1e-3, weight_decay=0.01, backbone_lr_scale=0.5)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        want = 5e-4 if name.startswith("backbone.") else 1e-3 * OFFSET_LR_SCALE if ".offsets." in name else 1e-3
+        assert lr_of[id(p)] == pytest.approx(want), name
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters())) + len(list(criterion.parameters()))
