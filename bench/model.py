@@ -3,7 +3,10 @@ FPN, view transform, the rest), eager forward latency (batch 1), training-step t
 losses, backward, AdamW step; batch 2 from a synthetic dataset) and peak resident memory of the
 training process.
 
-    python -m bench.model [--presets tiny,edge,base] [--views transformer,sampling,lift_splat] [--runs 5]
+    python -m bench.model [--presets tiny,edge,base] [--views transformer,global_attention,sampling,lift_splat]
+
+Also in JSON: the multiply-accumulates of every part (backbone, neck, view, temporal, bev_encoder,
+heads) for the budget of the edge preset (8 GMACs per 6-camera frame).
 
 Each configuration runs in its own process (so peak memory is its own). Prints a table and writes
 JSON (bench/results/model.json). MACs count convolutions, matmuls and attention (torch's
@@ -28,8 +31,8 @@ from bench.machine import machine
 RESULTS = Path(__file__).parent / "results" / "model.json"
 
 
-def measure(preset_name: str, view: str, runs: int, data: Path, threads: int) -> dict:
-    """One configuration, in this process."""
+def measure(preset_name: str, view: str, runs: int, data: Path, threads: int, scratch: bool = False) -> dict:
+    """One configuration, in this process (``scratch``: the backbone from random weights, none frozen)."""
     import torch
     from torch.utils.data import DataLoader
     from torch.utils.flop_counter import FlopCounterMode
@@ -42,7 +45,8 @@ def measure(preset_name: str, view: str, runs: int, data: Path, threads: int) ->
 
     torch.set_num_threads(threads)
     base = get_preset(preset_name)
-    preset = dataclasses.replace(base, model=dataclasses.replace(base.model, view_transform=view))
+    preset = dataclasses.replace(base, model=dataclasses.replace(base.model, view_transform=view,
+                                                                 **({"pretrained": None} if scratch else {})))
     torch.manual_seed(0)
     model = build_model(preset)
     params = sum(p.numel() for p in model.parameters())
@@ -51,20 +55,32 @@ def measure(preset_name: str, view: str, runs: int, data: Path, threads: int) ->
     batch = next(iter(loader))
     one = {k: v[:1] for k, v in _inputs(model, batch).items()}
 
-    # MACs by part, on one frame.
+    # MACs by part, on one frame (the parts in the order they run).
     model.eval()
     B, N = one["K"].shape[:2]
     x = (one["images"].reshape(B * N, 3, *one["images"].shape[-2:]).float() - model.pixel_mean) / model.pixel_std
-    with FlopCounterMode(display=False) as c_backbone:
-        feats = model.neck(model.backbone(x))
-    feats = [f.reshape(B, N, *f.shape[1:]) for f in feats]
-    with FlopCounterMode(display=False) as c_view:
-        model.view_transform(feats, one["K"], one["ego_T_cam"], one["cam_valid"])
-    with FlopCounterMode(display=False) as c_all:
-        model(**one)
-    macs_backbone = c_backbone.get_total_flops() / 2
-    macs_view = c_view.get_total_flops() / 2
-    macs_rest = c_all.get_total_flops() / 2 - macs_backbone - macs_view
+    macs: dict[str, float] = {}
+
+    def count(part: str, fn):
+        with FlopCounterMode(display=False) as counter:
+            result = fn()
+        macs[part] = counter.get_total_flops() / 2 / 1e9
+        return result
+
+    with torch.no_grad():
+        levels = count("backbone", lambda: model.backbone(x))
+        feats = count("neck", lambda: model.neck(levels))
+        feats = [f.reshape(B, N, *f.shape[1:]) for f in feats]
+        bev = count("view", lambda: model.view_transform(feats, one["K"], one["ego_T_cam"], one["cam_valid"]))["bev"]
+        if model.temporal is not None:
+            bev, _ = count("temporal", lambda: model.temporal(bev, one["prev_state"], one["prev_T_curr"], one["dt"]))
+        bev = count("bev_encoder", lambda: model.bev_encoder(bev))
+        count("heads", lambda: model.heads(bev))
+        total = count("total", lambda: model(**one))
+    del total
+    macs_backbone = (macs["backbone"] + macs["neck"]) * 1e9
+    macs_view = macs["view"] * 1e9
+    macs_rest = (macs["total"] - macs["backbone"] - macs["neck"] - macs["view"]) * 1e9
 
     with torch.no_grad():
         model(**one)
@@ -90,8 +106,9 @@ def measure(preset_name: str, view: str, runs: int, data: Path, threads: int) ->
             steps.append(time.perf_counter() - start)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "preset": preset_name, "view": view, "params_m": params / 1e6,
+        "preset": preset_name, "view": view, "scratch": scratch, "params_m": params / 1e6,
         "gmacs_backbone": macs_backbone / 1e9, "gmacs_view": macs_view / 1e9, "gmacs_rest": macs_rest / 1e9,
+        "gmacs_by_part": macs,
         "forward_ms": 1000 * statistics.median(times), "train_step_ms": 1000 * statistics.median(steps),
         "peak_rss_mb": peak_mb, "threads": threads,
     }
@@ -106,14 +123,15 @@ def _inputs(model, batch) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default="tiny,edge,base")
-    parser.add_argument("--views", default="transformer,sampling,lift_splat")
+    parser.add_argument("--views", default="transformer,global_attention,sampling,lift_splat")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--one", nargs=3, metavar=("PRESET", "VIEW", "DATA"), help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one[0], args.one[1], args.runs, Path(args.one[2]), args.threads)))
+        print(json.dumps(measure(args.one[0], args.one[1], args.runs, Path(args.one[2]), args.threads, args.scratch)))
         return
     from data_engine.synth import SynthConfig, synthesize
 
@@ -134,6 +152,11 @@ def main() -> None:
                 print(f"{preset:<5} {view:<12} params {r['params_m']:6.2f} M  GMACs backbone {r['gmacs_backbone']:7.2f} "
                       f"view {r['gmacs_view']:6.2f} rest {r['gmacs_rest']:6.2f}  forward {r['forward_ms']:7.0f} ms  "
                       f"train step {r['train_step_ms']:7.0f} ms  peak {r['peak_rss_mb']:6.0f} MB", flush=True)
+    print("\nGMACs per 6-camera frame by part:")
+    parts = ("backbone", "neck", "view", "temporal", "bev_encoder", "heads", "total")
+    print("| preset | view | " + " | ".join(parts) + " |\n|---|---|" + "---:|" * len(parts))
+    for r in rows:
+        print(f"| {r['preset']} | {r['view']} | " + " | ".join(f"{r['gmacs_by_part'].get(p, 0.0):.2f}" for p in parts) + " |")
     print(f"{machine()}, torch threads {args.threads}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine(), "rows": rows, "date": time.strftime("%Y-%m-%d")}, indent=1))

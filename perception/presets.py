@@ -116,10 +116,10 @@ def with_backbone_normalization(preset: Preset) -> Preset:
 
 
 PRESETS: dict[str, Preset] = {p.name: with_backbone_normalization(p) for p in (
-    # For tests and CPU experiments: small images, a +-25.6 m grid at 0.8 m (64 x 64); ImageNet
-    # EfficientNet-Lite0.
+    # For tests and CPU experiments: small images, a +-25.6 m grid at 0.8 m (64 x 64) for segmentation
+    # and detection, the BEV trunk at 1.6 m (32 x 32); ImageNet EfficientNet-Lite0.
     Preset("tiny", InputConfig(96, 176), GridConfig(-25.6, 25.6, -25.6, 25.6, 0.8),
-           model=ModelConfig("efficientnet_lite0", "imagenet", neck_channels=64, bev_channels=64)),
+           model=ModelConfig("efficientnet_lite0", "imagenet", neck_channels=64, bev_channels=64, bev_stride=2)),
     # For edge devices: 224 x 400 images, a +-25 m grid at 0.5 m (100 x 100) for segmentation; the
     # BEV trunk and detection at 1 m (50 x 50); ImageNet EfficientNet-Lite0 to stride 16 (strides 8
     # and 16 feed the view transform).

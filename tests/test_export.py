@@ -70,7 +70,7 @@ def test_every_precision_is_a_checked_onnx_with_metadata(exported) -> None:
         assert meta.precision == precision
         assert meta.class_names == exported["preset"].tasks.det_classes
         assert meta.camera_names == exported["preset"].input.cameras
-        assert meta.input_hw == (96, 176) and meta.state_shape == (64, 64, 64)
+        assert meta.input_hw == (96, 176) and meta.state_shape == (64, 32, 32)
         props = {p.key: json.loads(p.value) if p.key == "bevstack.metadata" else p.value for p in proto.metadata_props}
         # The batch is dynamic: two samples side by side run and give two of each output.
         model = EdgeModel(path, threads=1)

@@ -233,10 +233,11 @@ def test_video_state_follows_the_ego_motion() -> None:
     module = VideoModule(preset, 1)
     X, Y = preset.trunk_grid.bev.shape
     state = torch.zeros(1, 1, X, Y)
-    i, j = 40, 32  # a marked cell 6.4 m ahead... at row 40 (x = -25.6 + 40.5 * 0.8)
+    res = preset.trunk_grid.resolution  # m per cell of the grid the state lives on
+    i, j = X // 2 + 8, Y // 2  # a marked cell 8 cells ahead of the ego
     state[0, 0, i, j] = 1.0
-    # The ego moved 1.6 m forward (2 cells): the mark now lies 2 rows closer.
-    T = torch.from_numpy(geometry.make_transform(np.eye(3), np.array([1.6, 0.0, 0.0])).astype(np.float32))[None]
+    # The ego moved 2 cells forward: the mark now lies 2 rows closer.
+    T = torch.from_numpy(geometry.make_transform(np.eye(3), np.array([2 * res, 0.0, 0.0])).astype(np.float32))[None]
     warped = module.warp(state, T)
     assert warped[0, 0, i - 2, j] == pytest.approx(1.0, abs=1e-5)
     assert warped.sum() == pytest.approx(1.0, abs=1e-5)
