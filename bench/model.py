@@ -67,17 +67,15 @@ def measure(preset_name: str, view: str, runs: int, data: Path, threads: int, sc
         macs[part] = counter.get_total_flops() / 2 / 1e9
         return result
 
-    with torch.no_grad():
-        levels = count("backbone", lambda: model.backbone(x))
-        feats = count("neck", lambda: model.neck(levels))
-        feats = [f.reshape(B, N, *f.shape[1:]) for f in feats]
-        bev = count("view", lambda: model.view_transform(feats, one["K"], one["ego_T_cam"], one["cam_valid"]))["bev"]
-        if model.temporal is not None:
-            bev, _ = count("temporal", lambda: model.temporal(bev, one["prev_state"], one["prev_T_curr"], one["dt"]))
-        bev = count("bev_encoder", lambda: model.bev_encoder(bev))
-        count("heads", lambda: model.heads(bev))
-        total = count("total", lambda: model(**one))
-    del total
+    levels = count("backbone", lambda: model.backbone(x))
+    feats = count("neck", lambda: model.neck(levels))
+    feats = [f.reshape(B, N, *f.shape[1:]) for f in feats]
+    bev = count("view", lambda: model.view_transform(feats, one["K"], one["ego_T_cam"], one["cam_valid"]))["bev"]
+    if model.temporal is not None:
+        bev, _ = count("temporal", lambda: model.temporal(bev, one["prev_state"], one["prev_T_curr"], one["dt"]))
+    bev = count("bev_encoder", lambda: model.bev_encoder(bev))
+    count("heads", lambda: model.heads(bev))
+    count("total", lambda: model(**one))
     macs_backbone = (macs["backbone"] + macs["neck"]) * 1e9
     macs_view = macs["view"] * 1e9
     macs_rest = (macs["total"] - macs["backbone"] - macs["neck"] - macs["view"]) * 1e9
