@@ -131,6 +131,7 @@ class ExperimentConfig:
         preset = get_preset(self.preset)
         if self.model is None:
             object.__setattr__(self, "model", preset.model)
+        replace(preset, model=self.model)  # the preset's own checks (grid divisible by the strides)
         default = DatasetConfig()
         if self.dataset.split != default.split or self.dataset.augment != default.augment:
             raise ValueError("dataset.split and dataset.augment are set by train.train_split / "
