@@ -9,6 +9,8 @@ import torch
 
 from model_inputs import model_inputs, preset_with
 from perception.models.bev_model import build_model
+from perception.models.camera_geometry import sampling_grid
+from perception.models.neck import merge_to_finest
 from perception.models.view_sampling import SamplingLift
 from perception.models.view_transformer import OFFSET_LR_SCALE
 from perception.training.criterion import Criterion
@@ -48,22 +50,18 @@ def test_samples_never_cross_into_the_next_camera() -> None:
     model = build_model(preset).eval()
     sca = model.view_transform.first
     inputs = model_inputs(preset)
+    vt = model.view_transform
     with torch.no_grad():
-        feats = _features(model, inputs)
-        vt = model.view_transform
-        B, N, C, h, w = feats[0].shape[0], *feats[0].shape[1:]
-        q = (vt.query_embed[None] + vt.query_pos(vt.query_xy)[None])
-        from perception.models.camera_geometry import sampling_grid
-        from perception.models.neck import merge_to_finest
-
-        f = merge_to_finest(feats)
-        h, w = f.shape[-2:]
+        f = merge_to_finest(_features(model, inputs))  # [1, N, C, h, w]
+        N, h, w = f.shape[1], f.shape[-2], f.shape[-1]
+        q = vt.query_embed[None] + vt.query_pos(vt.query_xy)[None]
         ref, valid = sampling_grid(vt.pillars[None], inputs["K"], inputs["ego_T_cam"], inputs["cam_valid"], h, w,
                                    vt.stride)
         ref, valid = ref.reshape(1, N, vt.Z, -1, 2), valid.reshape(1, N, vt.Z, -1)
         plain = sca(q, f, ref, valid)
-        for shift in (1e3, -1e3):  # every sample pushed far past its camera's left or right edge
-            sca.offsets.bias.fill_(shift)
+        for shift in (1e3, -1e3):  # every sample pushed far past its camera's right or left edge, same row
+            bias = sca.offsets.bias.view(-1, 2)  # (x, y) per head, height and point
+            bias[:, 0], bias[:, 1] = shift, 0.0
             pushed = sca(q, f, ref, valid)
             assert plain.abs().max() > 0.1 and pushed.abs().max() == 0.0
 

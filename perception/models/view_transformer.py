@@ -40,10 +40,10 @@ class SpatialCrossAttention(nn.Module):
     """One SCA sampling step: queries [B, Q, D] sample feats [B, N, C, h, w] around their reference
     points -> [B, C*Z, Q] (heights stacked as channels, channel c*Z + z as the sampling lift's).
 
-    Only the ``cameras`` (K) first cameras that see a point are sampled (a point of a ring of cameras is
-    seen by at most two): the cameras' value maps are tiled side by side along the width, with a
-    zero column between them, so one 4-D ``grid_sample`` reads every chosen camera (BEVFormer's
-    "hit cameras only", without a gather of feature maps)."""
+    Only the first ``sampled_cameras`` (K) cameras that see a point are sampled (a point around a ring
+    of cameras is seen by at most two): the cameras' value maps are tiled side by side along the
+    width, with a zero column between them, so one 4-D ``grid_sample`` reads every chosen camera
+    (BEVFormer's "hit cameras only", without a gather of feature maps)."""
 
     def __init__(self, query_dim: int, channels: int, heads: int, cameras: int, heights: int, points: int,
                  sampled_cameras: int):
