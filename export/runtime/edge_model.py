@@ -230,7 +230,7 @@ class EdgeModel:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # errors only: fp16 graphs warn about folding they skip
-        # No busy-waiting after a run: the next frame's cameras decode on those cores (8.5 -> 5 ms).
+        # No busy-waiting after a run: the next frame's cameras decode on those cores.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads is not None:
             opts.intra_op_num_threads = int(threads)
