@@ -29,6 +29,7 @@ import numpy as np
 
 from perception.data.nuscenes import NuScenesDataset, load_dataset
 from perception.data.schema import parse_conditions
+from perception.errors import BevStackError
 
 __all__ = ["LABEL_STATES", "MIGRATIONS", "PREDICTION_KEYS", "SCHEMA_VERSION", "Catalog", "CatalogError", "FrameResult",
            "FrameRow", "Selection"]
@@ -167,7 +168,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 PREDICTION_KEYS: tuple[str, ...] = ("class", "score", "center", "size", "yaw", "velocity")
 
 
-class CatalogError(ValueError):
+class CatalogError(BevStackError):
     """A catalog that cannot be used, or a request it cannot satisfy; the message names the file or frame."""
 
 

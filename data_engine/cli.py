@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="The data engine: synthetic fleet, frame catalog, mining, labeling, the loop.")
+from perception.errors import ErrorReportingTyper
+
+app = ErrorReportingTyper(no_args_is_help=True, help="The data engine: synthetic fleet, frame catalog, mining, labeling, the loop.")
 
 
 @app.callback()

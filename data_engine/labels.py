@@ -46,6 +46,7 @@ from perception.metrics.nuscenes_io import boxes_to_global
 
 from .catalog import Catalog, CatalogError, FrameRow
 from .label_studio import BOX_CONTROL, FRAME_CONTROL, MISSING_CHOICE, box_index
+from perception.errors import BevStackError
 
 __all__ = ["CLASS_CATEGORY", "INJECT_KINDS", "LabelRun", "LabelStudioResult", "Labels", "LabelsError", "SourceDataset",
            "ValidLabels", "chain_instances", "errors_path", "image_path", "inject_errors", "label_frames", "labels_from_label_studio",
@@ -69,7 +70,7 @@ CLASS_CATEGORY: dict[str, str] = {
 }
 
 
-class LabelsError(ValueError):
+class LabelsError(BevStackError):
     """Labels that cannot be used; the message names the file, the record (table, index, token) and the
     field, with what was expected."""
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog, CatalogError
+from perception.errors import BevStackError
 
 __all__ = ["Arm", "LoopConfig", "LoopError", "evaluate_round", "load_loop_config", "run_loop", "train_round"]
 
@@ -38,7 +39,7 @@ HEADLINE = ("mAP", "NDS", "vehicle_iou", "ap_construction_vehicle", "ap_trailer"
             "vehicle_iou_night", "vehicle_iou_fog")
 
 
-class LoopError(ValueError):
+class LoopError(BevStackError):
     """A loop configuration or state that cannot be used; the message names the key or file."""
 
 

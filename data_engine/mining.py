@@ -39,13 +39,14 @@ from .strategies import (
     load_plugins,
     make_strategy,
 )
+from perception.errors import BevStackError
 
 __all__ = ["MineConfig", "MineError", "MineSummary", "SceneJob", "mine", "score_scenes"]
 
 ENGINES = ("local", "ray")
 
 
-class MineError(ValueError):
+class MineError(BevStackError):
     """Mining cannot start or continue; the message names the model, catalog, strategy or frame."""
 
 

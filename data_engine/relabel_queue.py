@@ -52,6 +52,7 @@ from perception.metrics.detection_boxes import EvalBoxes, attributes_from_veloci
 from perception.metrics.nuscenes_io import results_json
 from perception.preprocess import ResizeCrop
 from perception.vis import CAMERA_LAYOUT, BoxLayer, draw_boxes_on_image
+from perception.errors import BevStackError
 
 __all__ = ["DEFAULT_IMAGE_URL_PREFIX", "QueueError", "QueueSummary", "image_url", "write_queue"]
 
@@ -60,7 +61,7 @@ _CLASS_INDEX = {name: i for i, name in enumerate(DETECTION_CLASSES)}
 _LAYOUT_ORDER = [c for row in CAMERA_LAYOUT for c in row]  # the review page's camera order, rows of CAMERA_LAYOUT
 
 
-class QueueError(ValueError):
+class QueueError(BevStackError):
     """A relabel queue that cannot be written; the message names the run, frame, file or directory."""
 
 

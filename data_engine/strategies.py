@@ -52,6 +52,7 @@ import numpy as np
 from perception.boxes import DecodedBoxes, heatmap_peaks
 from perception.data.schema import DETECTION_CLASSES
 from perception.geometry import BEVGrid, invert_rigid, transform_points
+from perception.errors import BevStackError
 
 if TYPE_CHECKING:
     from perception.metrics.detection_boxes import EvalBoxes
@@ -62,7 +63,7 @@ __all__ = ["STRATEGIES", "FrameOutput", "RunStrategy", "Strategy", "StrategyErro
 _EPS = 1e-6
 
 
-class StrategyError(ValueError):
+class StrategyError(BevStackError):
     """An unknown strategy, a bad argument, or a plugin file that cannot be loaded."""
 
 

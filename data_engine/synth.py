@@ -32,6 +32,7 @@ from typing import Any
 
 import perception
 from perception.data.schema import CATEGORY_TO_DETECTION, DETECTION_CLASSES, TABLES
+from perception.errors import BevStackError
 
 SYNTH_FORMAT = 1
 VERSION = "v1.0-synth"
@@ -41,7 +42,7 @@ LOCK_FILE = "lock"
 TRAIN_SPLIT, VAL_SPLIT = "synth_train", "synth_val"
 
 
-class SynthError(ValueError):
+class SynthError(BevStackError):
     """Impossible arguments or an output directory that cannot be used."""
 
 

@@ -62,6 +62,7 @@ from .labels import (
     read_labels_file,
     validate_labels,
 )
+from perception.errors import BevStackError
 
 __all__ = ["MANIFEST", "IngestSummary", "VersionError", "diff_versions", "ingest", "resolve_version"]
 
@@ -73,7 +74,7 @@ STATIC_KEYS: dict[str, str] = {"category": "name", "attribute": "name", "sensor"
 MOVED_M, RESIZED_M, ROTATED_RAD = 0.1, 0.01, 0.01  # what counts as a changed annotation in a diff
 
 
-class VersionError(ValueError):
+class VersionError(BevStackError):
     """A version that cannot be written or read; the message names the directory, table and token."""
 
 

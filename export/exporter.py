@@ -50,6 +50,7 @@ from perception.evaluate import (
 from perception.geometry import make_transform
 from perception.presets import Preset, preset_to_dict
 from perception.training.checkpoint import load_model_from_checkpoint
+from perception.errors import BevStackError
 
 __all__ = ["ExportError", "export_checkpoint", "parity_report", "run_edge", "summarize_eval"]
 
@@ -58,7 +59,7 @@ PARITY_FRAMES = 5
 FP32_TOLERANCE = 1e-3
 
 
-class ExportError(RuntimeError):
+class ExportError(BevStackError, RuntimeError):
     """The export cannot be written or checked; the message says which file and what failed."""
 
 

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import typer
 
+from perception.errors import ErrorReportingTyper
+
 import perception
 
-app = typer.Typer(no_args_is_help=True, help="Multi-camera BEV perception: train, evaluate, predict, export, bench.")
+app = ErrorReportingTyper(no_args_is_help=True, help="Multi-camera BEV perception: train, evaluate, predict, export, bench.")
 
 
 @app.callback()

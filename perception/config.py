@@ -32,9 +32,10 @@ from .models.backbone import BACKBONES
 from .models.config import ModelConfig
 from .presets import PRESETS, Preset, get_preset, with_backbone_normalization
 from .training.criterion import LossConfig
+from perception.errors import BevStackError
 
 
-class ConfigError(ValueError):
+class ConfigError(BevStackError):
     """An unknown key or a bad value in an experiment configuration (the message names it)."""
 
 

@@ -44,6 +44,7 @@ from .metrics import (
 from .metrics.detection import TP_METRIC_NAMES
 from .metrics.nuscenes_io import ground_truth, results_json
 from .presets import Preset
+from perception.errors import BevStackError
 
 __all__ = ["EVAL_CONDITIONS", "RARE_CLASSES", "EvalError", "decode_outputs", "default_split", "eval_dataset", "evaluate",
            "evaluate_model", "evaluate_outputs", "nan_to_none", "run_model"]
@@ -52,7 +53,7 @@ EVAL_CONDITIONS: tuple[str, ...] = ("day", "dusk", "night", "rain", "fog")  # re
 RARE_CLASSES: tuple[str, ...] = ("construction_vehicle", "trailer")  # the long tail, reported apart
 
 
-class EvalError(ValueError):
+class EvalError(BevStackError):
     """A split, scene or input that cannot be evaluated; the message names it."""
 
 

@@ -22,6 +22,7 @@ from .boxes import DecodedBoxes
 from .data.schema import DETECTION_CLASSES
 from .geometry import BEVGrid, invert_3x3
 from .vis import BEVView, BoxLayer, compose_sample_view, draw_bev, draw_boxes_on_image
+from perception.errors import BevStackError
 
 __all__ = ["SEG_COLORS", "PredictError", "PredictOutput", "bev_panel", "predict", "seg_overlay"]
 
@@ -35,7 +36,7 @@ SEG_COLORS: dict[str, tuple[int, int, int]] = {
 _OTHER_SEG_COLOR = (200, 60, 200)
 
 
-class PredictError(ValueError):
+class PredictError(BevStackError):
     """A scene, checkpoint or output that cannot be used; the message names it."""
 
 

@@ -20,9 +20,10 @@ from ..synth import RECIPE_FILE
 from .nuscenes_writer import annotation_rows, token
 from .rig import nuscenes_like_rig
 from .world import KEYFRAME_DT, SceneWorld, scene_spec
+from perception.errors import BevStackError
 
 
-class OracleError(ValueError):
+class OracleError(BevStackError):
     """The dataset was not rendered by the synthetic world, or a sample is not in it."""
 
 

@@ -42,6 +42,7 @@ from perception.preprocess import (
 )
 
 from .metadata import OUTPUT_NAMES, MetadataError, ModelMetadata
+from perception.errors import BevStackError
 
 __all__ = ["Camera", "EdgeModel", "EdgeResult", "PreparedFrame", "RuntimeInputError", "StreamState", "default_providers",
            "prepare_cameras"]
@@ -50,7 +51,7 @@ __all__ = ["Camera", "EdgeModel", "EdgeResult", "PreparedFrame", "RuntimeInputEr
 PREFERRED_PROVIDERS: tuple[str, ...] = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-class RuntimeInputError(ValueError):
+class RuntimeInputError(BevStackError):
     """Inputs the model cannot take: the message names the camera, input or field and what was expected."""
 
 

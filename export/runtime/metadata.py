@@ -32,6 +32,7 @@ import numpy as np
 
 from perception.geometry import BEVGrid
 from perception.presets import Preset, preset_from_dict
+from perception.errors import BevStackError
 
 __all__ = ["FORMAT_VERSION", "INPUT_NAMES", "METADATA_KEY", "OUTPUT_NAMES", "PRECISIONS", "RIG_INPUTS",
            "MetadataError", "ModelMetadata"]
@@ -45,7 +46,7 @@ OUTPUT_NAMES: tuple[str, ...] = ("heatmap", "regression", "seg", "state", "embed
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
 
-class MetadataError(ValueError):
+class MetadataError(BevStackError):
     """A model file whose metadata is missing, of another format version, or inconsistent."""
 
 

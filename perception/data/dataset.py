@@ -32,9 +32,10 @@ from .nuscenes import NuScenesDataset, Sample, load_dataset, load_lidar_points
 from .sensor_files import MapMask
 from .schema import DETECTION_CLASSES
 from .targets import read_lane_dividers, segmentation_targets
+from perception.errors import BevStackError
 
 
-class BadImageError(ValueError):
+class BadImageError(BevStackError):
     """A camera image is missing or cannot be decoded; the message names the file."""
 
 

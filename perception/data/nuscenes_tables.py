@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from perception.data.schema import TABLES
+from perception.errors import BevStackError
 
 __all__ = ["DatasetError", "Record", "Tables", "find_version", "read_tables"]
 
@@ -45,7 +46,7 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
 QUAT_TOLERANCE = 1e-3  # | |q| - 1 | allowed for stored rotations
 
 
-class DatasetError(ValueError):
+class DatasetError(BevStackError):
     """A dataset on disk is missing, malformed or inconsistent; the message names the file."""
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from perception.errors import BevStackError
 
 # (expand ratio, kernel, stride, out channels, repeats) per TF block group; the stem has 32 channels.
 LITE0_BLOCKS: tuple[tuple[int, int, int, int, int], ...] = (
@@ -148,7 +149,7 @@ def lite0_key_map(key: str) -> tuple[str, str] | None:
     return None
 
 
-class WeightsError(ValueError):
+class WeightsError(BevStackError):
     """A pretrained weight file that does not fit the network; the message names the file and key."""
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..presets import Preset, preset_from_dict, preset_to_dict
+from perception.errors import BevStackError
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "load_model_from_checkpoint",
            "preset_from_dict", "preset_to_dict", "save_checkpoint"]
@@ -21,7 +22,7 @@ __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "load_mode
 CHECKPOINT_FORMAT = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BevStackError):
     """A checkpoint that cannot be used; the message names the file."""
 
 

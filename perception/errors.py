@@ -1,0 +1,71 @@
+"""The project's error hierarchy and the one way the command lines report errors.
+
+Every error the project raises for input it cannot use (a config, a dataset, a checkpoint, a model
+file, a catalog, a label batch) derives from :class:`BevStackError` and carries a message that names
+the file, field or frame and what was expected. The command lines turn those errors, and the
+operating system's (a full disk, a missing file, a permission), into one line on stderr and exit 1;
+anything else is a bug and keeps its traceback.
+
+Torch-free, so the edge runtime and ``perception bench`` can use it.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+__all__ = ["BevStackError", "one_line", "report_errors", "ErrorReportingTyper"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class BevStackError(ValueError):
+    """Input the project cannot use; the message names the file, field or frame and what was expected."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` as one line: a project error's own words, an OS error's file and reason."""
+    if isinstance(exc, OSError) and not isinstance(exc, BevStackError):
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.ENOSPC:
+            reason = "no space left on device (free some space, then run the command again: it resumes)"
+        where = exc.filename if exc.filename is not None else ""
+        text = f"{where}: {reason}" if where else reason
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def report_errors(func: F) -> F:
+    """Wrap a command: project errors and OS errors become ``error: <one line>`` on stderr and exit 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (BevStackError, OSError) as exc:
+            print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+            raise typer.Exit(code=1) from None
+        except RecursionError:
+            print("error: input nested too deeply to read", file=sys.stderr, flush=True)
+            raise typer.Exit(code=1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ErrorReportingTyper(typer.Typer):
+    """A ``typer.Typer`` whose every command reports errors through :func:`report_errors`."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(func: F) -> F:
+            register(report_errors(func))
+            return func
+
+        return decorator
