@@ -31,14 +31,10 @@ def train(
 
     Run it under torchrun for several processes or GPUs; SIGTERM or SIGUSR1 saves last.pt and exits.
     """
-    from perception.config import ConfigError, load_config
+    from perception.config import load_config
     from perception.training.trainer import train as run_training
 
-    try:
-        cfg = load_config(config, list(ctx.args))
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+    cfg = load_config(config, list(ctx.args))
     run_dir = run_training(cfg, resume=resume)
     typer.echo(f"run directory: {run_dir}")
 
@@ -60,15 +56,9 @@ def eval_cmd(
 ) -> None:
     """Evaluate a checkpoint: nuScenes results JSON, metrics_summary.json, per-class, per-condition and
     rare-class tables, BEV IoU, and the range-capped variant."""
-    from perception.data.nuscenes_tables import DatasetError
-    from perception.evaluate import EvalError, evaluate
-    from perception.training.checkpoint import CheckpointError
+    from perception.evaluate import evaluate
 
-    try:
-        report = evaluate(checkpoint, data, split, out, batch_size, device=device)
-    except (EvalError, CheckpointError, DatasetError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+    report = evaluate(checkpoint, data, split, out, batch_size, device=device)
     typer.echo(f"wrote {report['files']['results']} and {report['files']['metrics_summary']}")
 
 
@@ -84,17 +74,10 @@ def predict(
     device: str = typer.Option(None, "--device", help="cpu, cuda, ... (default: cuda if available)."),
 ) -> None:
     """Draw predictions: all cameras with boxes beside BEV prediction and ground truth, per frame."""
-    from perception.data.nuscenes_tables import DatasetError
-    from perception.predict import PredictError
     from perception.predict import predict as run_predict
-    from perception.training.checkpoint import CheckpointError
 
-    try:
-        result = run_predict(checkpoint, data, out, scene, video=video, max_frames=max_frames,
-                             score_threshold=score_threshold, device=device)
-    except (PredictError, CheckpointError, DatasetError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+    result = run_predict(checkpoint, data, out, scene, video=video, max_frames=max_frames,
+                         score_threshold=score_threshold, device=device)
     typer.echo(f"{result.scene}: wrote {len(result.frames)} pictures to {out}"
                + (f" and {result.video}" if result.video else ""))
 
@@ -117,19 +100,13 @@ def export_cmd(
 ) -> None:
     """Export a checkpoint to ONNX (one file per precision) with metadata, a parity report against
     PyTorch, an INT8 sensitivity report and each precision's accuracy: export_report.json."""
-    from perception.data.nuscenes_tables import DatasetError
-    from perception.training.checkpoint import CheckpointError
 
-    from export.exporter import ExportError, export_checkpoint
+    from export.exporter import export_checkpoint
 
     precisions = [p.strip() for p in precision.split(",") if p.strip()]
-    try:
-        export_checkpoint(checkpoint, out, precisions, calib_data, calib_frames, static=static, fixed_rig=fixed_rig,
-                          train_split=train_split, val_split=val_split, evaluate=not no_eval, threads=threads,
-                          log=typer.echo)
-    except (ExportError, CheckpointError, DatasetError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+    export_checkpoint(checkpoint, out, precisions, calib_data, calib_frames, static=static, fixed_rig=fixed_rig,
+                      train_split=train_split, val_split=val_split, evaluate=not no_eval, threads=threads,
+                      log=typer.echo)
 
 
 @app.command("bench")
@@ -148,16 +125,10 @@ def bench_cmd(
     per second for one stream, and peak resident memory, one row per model, side by side."""
     import json
 
-    from perception.data.nuscenes_tables import DatasetError
 
     from export.bench import bench
-    from export.runtime import MetadataError, RuntimeInputError
 
-    try:
-        report = bench(model, checkpoint, data, threads=threads, runs=runs, warmup=warmup, log=typer.echo)
-    except (FileNotFoundError, MetadataError, RuntimeInputError, DatasetError, ValueError, RuntimeError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+    report = bench(model, checkpoint, data, threads=threads, runs=runs, warmup=warmup, log=typer.echo)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2))

@@ -18,6 +18,7 @@ lists (``[0.9, 1.1]`` for tuple fields) work on the command line too.
 
 from __future__ import annotations
 
+import re
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -67,7 +68,7 @@ class TrainConfig:
     deterministic: bool = False  # deterministic algorithms (bitwise-reproducible resume on CPU), slower
     amp: str = "auto"  # auto | bf16 | off; auto = bf16 autocast on CUDA, off on CPU
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
-    device: str = "auto"  # auto | cpu | cuda; auto = cuda when available
+    device: str = "auto"  # auto | cpu | cuda | cuda:N; auto = cuda when available
     log_every: int = 20  # steps between log lines and metrics.csv rows
 
     def __post_init__(self) -> None:
@@ -97,8 +98,8 @@ class TrainConfig:
             raise ValueError(f"train.ema_decay must be in [0, 1) (0 disables), got {self.ema_decay}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"train.amp must be auto, bf16 or off, got {self.amp!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 # Sections of an experiment: top-level key -> component config class.

@@ -44,6 +44,7 @@ from .metrics import (
 from .metrics.detection import TP_METRIC_NAMES
 from .metrics.nuscenes_io import ground_truth, results_json
 from .presets import Preset
+from .device import select_device
 from perception.errors import BevStackError
 
 __all__ = ["EVAL_CONDITIONS", "RARE_CLASSES", "EvalError", "decode_outputs", "default_split", "eval_dataset", "evaluate",
@@ -69,12 +70,6 @@ def check_split(reader: NuScenesDataset, split: str | None) -> None:
                         f"{', '.join(sorted(reader.splits)) or 'none'})")
 
 
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 @torch.no_grad()
 def run_model(model: torch.nn.Module, dataset: MultiCamDataset, clips: list[list[int]], batch_size: int = 1,
               device: str | torch.device | None = None, reset_state: bool = False,
@@ -87,7 +82,7 @@ def run_model(model: torch.nn.Module, dataset: MultiCamDataset, clips: list[list
     """
     from torch.utils.data import DataLoader
 
-    dev = _device(device)
+    dev = select_device(device)
     sampler = ClipBatchSampler(clips, batch_size, clip_length=None, shuffle=False, drop_last=False)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_frames, num_workers=num_workers)
     was_training = model.training
@@ -320,7 +315,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
     split = default_split(reader) if split is None else split
     check_split(reader, split)
     model, preset, _ = load_model_from_checkpoint(checkpoint, ema=use_ema)
-    dev = _device(device)
+    dev = select_device(device)
     model.to(dev)
     if out is None:
         out = Path("runs/eval") / f"{checkpoint.resolve().parent.name}-{checkpoint.stem}-{split or 'all'}"

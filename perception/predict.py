@@ -20,6 +20,7 @@ import numpy as np
 
 from .boxes import DecodedBoxes
 from .data.schema import DETECTION_CLASSES
+from .device import select_device
 from .geometry import BEVGrid, invert_3x3
 from .vis import BEVView, BoxLayer, compose_sample_view, draw_bev, draw_boxes_on_image
 from perception.errors import BevStackError
@@ -157,7 +158,7 @@ def predict(checkpoint: str | Path, data: str | Path, out: str | Path, scene: st
                                f"{', ...' if len(names) > 10 else ''})")
         chosen = found[0]
     model, preset, _ = load_model_from_checkpoint(checkpoint)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = select_device(device)
     model.to(dev)
     dataset = MultiCamDataset(reader, preset, DatasetConfig(split=None))
     start = dataset.indices.index(reader.sample(chosen.sample_tokens[0]).index)

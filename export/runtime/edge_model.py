@@ -237,7 +237,11 @@ class EdgeModel:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         self.providers = list(providers) if providers is not None else default_providers()
-        self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
+        except Exception as exc:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...) per failure
+            reason = " ".join(str(exc).split()).replace(str(self.path), "the file")
+            raise MetadataError(f"{self.path}: onnxruntime cannot load this model ({reason})") from None
         self.metadata = ModelMetadata.from_props(dict(self.session.get_modelmeta().custom_metadata_map), self.path)
         self._check_signature()
         preset = self.metadata.preset_obj

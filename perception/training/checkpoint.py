@@ -7,7 +7,9 @@ version and the training state.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ from ..presets import Preset, preset_from_dict, preset_to_dict
 from perception.errors import BevStackError
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "load_model_from_checkpoint",
-           "preset_from_dict", "preset_to_dict", "save_checkpoint"]
+           "preset_differences", "preset_from_dict", "preset_to_dict", "remove_stale_temporaries",
+           "save_checkpoint"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -27,7 +30,12 @@ class CheckpointError(BevStackError):
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` (tensors, numbers, strings, lists and dicts only) atomically to ``path``."""
+    """Write ``state`` (tensors, numbers, strings, lists and dicts only) atomically to ``path``.
+
+    A failed write (a full disk, say) leaves the previous file at ``path`` untouched and no temporary
+    file behind, and raises :class:`CheckpointError` saying why; temporaries left by a killed writer
+    are removed by :func:`remove_stale_temporaries`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
@@ -37,6 +45,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: cannot write the checkpoint: {_write_failure(exc, path.parent)}"
+                              + ("; the previous checkpoint is unchanged" if path.exists() else "")) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -48,6 +59,51 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
+def _write_failure(exc: BaseException, directory: Path) -> str:
+    """Why a write failed, in words: torch reports a full disk as "unexpected pos", with the
+    operating system's error only in the exception's context."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            if seen.errno == errno.ENOSPC:
+                break
+            return seen.strerror or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    if seen is not None or _free_bytes(directory) < 1 << 20:
+        return f"no space left on device ({_free_bytes(directory) >> 20} MiB free in {directory})"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _free_bytes(directory: Path) -> int:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return 0
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writers that died mid-write (``.NAME.PID.HEX.tmp``
+    whose process no longer runs) in ``directory``; returns what it deleted."""
+    removed = []
+    for tmp in Path(directory).glob(".*.tmp"):
+        parts = tmp.name.rsplit(".", 3)
+        if len(parts) != 4 or not parts[1].isdigit() or _process_alive(int(parts[1])):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` and check its format."""
     path = Path(path)
@@ -56,7 +112,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc})") from None
+        first = (str(exc).strip().splitlines() or [""])[0]
+        if "Weights only load failed" in first:  # torch's advice to unpickle anyway is not for users
+            first = "not a checkpoint, or one holding more than tensors and plain data"
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: checkpoint format {found!r}, expected {CHECKPOINT_FORMAT}")
@@ -64,6 +123,28 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if key not in state:
             raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
     return state
+
+
+def preset_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Where two presets (as plain dicts) differ: "model.bev_channels: 64 in the checkpoint, 96 now"."""
+    out = []
+    for key in sorted(set(saved) | set(current), key=str):
+        name = f"{prefix}{key}"
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += preset_differences(a, b, name + ".")
+        elif _plain(a) != _plain(b):
+            out.append(f"{name}: {a!r} in the checkpoint, {b!r} now")
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively (a checkpoint stores a preset's tuples as lists)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def load_model_from_checkpoint(path: str | Path, ema: bool = True) -> tuple[torch.nn.Module, Preset, dict[str, Any]]:

@@ -26,12 +26,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import ExperimentConfig, dump_yaml, resolve, to_dict
+from ..device import select_device
 from ..data.batch import FrameRef, MultiCamBatch, collate_frames
 from ..data.dataset import DatasetConfig, MultiCamDataset
 from ..data.sampler import ClipBatchSampler
 from ..models.bev_model import BEVModel, build_model
 from ..models.view_transformer import OFFSET_LR_SCALE
-from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, preset_to_dict, save_checkpoint
+from ..errors import BevStackError
+from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, preset_differences, preset_to_dict,
+                         remove_stale_temporaries, save_checkpoint)
 from .criterion import Criterion
 
 
@@ -57,11 +60,28 @@ def setup_distributed() -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def pick_device(name: str, d: Dist) -> torch.device:
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    torch.cuda.set_device(d.local_rank)
-    return torch.device("cuda", d.local_rank)
+class TrainError(BevStackError):
+    """A training run that cannot start as asked; the message says what to do instead."""
+
+
+def refuse_existing_run(run_dir: Path) -> None:
+    """Raise :class:`TrainError` when ``run_dir`` holds a checkpoint: a new run must not replace it.
+    The logs of an attempt that died before its first checkpoint are started over."""
+    found = [name for name in ("last.pt", "best.pt") if (run_dir / name).exists()]
+    if found:
+        raise TrainError(f"{run_dir} already holds a run ({', '.join(found)}): pass --resume to continue it, or "
+                         f"name a new run with train.name=NAME")
+
+
+def load_resumable(path: Path, preset: Any) -> dict[str, Any]:
+    """The checkpoint to resume from, checked against the model the config now builds."""
+    ckpt = load_checkpoint(path)
+    changed = preset_differences(ckpt["preset"], preset_to_dict(preset))
+    if changed:
+        raise CheckpointError(f"{path}: the config builds another model than the run trained ({'; '.join(changed[:4])}"
+                              f"{'; ...' if len(changed) > 4 else ''}): resume with the run's own config.yaml, or "
+                              "start a new run with train.name=NAME")
+    return ckpt
 
 
 class SkipBatches(Sampler[list[FrameRef]]):
@@ -123,16 +143,25 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
     """Train as ``cfg`` says; returns the run directory. ``resume`` continues from ``last.pt``."""
     tc = cfg.train
     d = setup_distributed()
-    device = pick_device(tc.device, d)
+    device = select_device(tc.device, d.local_rank)
     if tc.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.set_num_threads(1)
     torch.manual_seed(tc.seed)
     preset = resolve(cfg)
     run_dir = Path(tc.out_root) / tc.name
+    ckpt = load_resumable(run_dir / "last.pt", preset) if resume else None
+    if not resume:
+        refuse_existing_run(run_dir)
+    if d.world > 1:
+        dist.barrier()  # every rank has checked before rank 0 writes
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)
         dump_yaml(cfg, run_dir / "config.yaml")
+        if not resume:
+            for stale in ("metrics.csv", "val_metrics.csv"):
+                (run_dir / stale).unlink(missing_ok=True)
     log = (lambda msg: print(msg, flush=True)) if d.main else (lambda msg: None)
 
     # Data: clips of consecutive frames, shared out between ranks.
@@ -143,7 +172,7 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
     sampler = ClipBatchSampler(dataset.clips(), tc.batch_size, tc.clip_length, shuffle=True, seed=tc.seed,
                                drop_last=True, rank=d.rank, world_size=d.world)
     if len(sampler) == 0:
-        raise ValueError(f"{tc.data}: split {tc.train_split!r} gives no batch of {tc.batch_size} clips of "
+        raise TrainError(f"{tc.data}: split {tc.train_split!r} gives no batch of {tc.batch_size} clips of "
                          f"{tc.clip_length} frames")
 
     # Model, loss, optimizer, schedule, EMA.
@@ -163,8 +192,7 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
 
     step, epoch, position = 0, 0, 0
     state = raw.initial_state(tc.batch_size, device)
-    if resume:
-        ckpt = load_checkpoint(run_dir / "last.pt")
+    if ckpt is not None:
         raw.load_state_dict(ckpt["model"])
         if ema is not None and ckpt.get("ema_module") is not None:
             ema.load_state_dict(ckpt["ema_module"])
@@ -271,10 +299,11 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
                 log(f"step {step}/{tc.steps} loss {row['total']:.4f} lr {row['lr']:.2e} "
                     f"data wait {100 * row['data_wait_fraction']:.1f} %")
             stop_now = _any_rank(stop.requested, d, device)
-            if step % tc.ckpt_every == 0 or step == tc.steps or stop_now:
+            saved = (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps or stop_now
+            if saved:
                 save("last.pt")
             if tc.val_split and ((tc.val_every and step % tc.val_every == 0) or step == tc.steps) and not stop_now:
-                if step % tc.ckpt_every and step != tc.steps:
+                if not saved:
                     save("last.pt")
                 score = validate(step)
                 if _any_rank(d.main and score > best, d, device):
