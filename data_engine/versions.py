@@ -418,8 +418,15 @@ def _write_version(root: Path, name: str, tables: dict[str, list[Record]], split
             (table_dir / f"{table}.json").write_text(json.dumps(tables[table], indent=0))
         (table_dir / "splits.json").write_text(json.dumps(splits, indent=1))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        inside = os.path.realpath(tmp) + os.sep
         for rel, target in files.items():
             link = tmp / rel
+            # A table path may name a directory the version links (say "samples"), which would make the
+            # links under it land in the original dataset: each link's directory, links resolved, must
+            # stay inside the version.
+            if link.name in ("", ".", "..") or not (os.path.realpath(link.parent) + os.sep).startswith(inside):
+                raise VersionError(f"{root}: the version's file {rel!r} (a link to {target}) would be written "
+                                   "outside the version directory; a table path names a directory or leaves the dataset")
             link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(target, link)
         try:
