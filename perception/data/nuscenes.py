@@ -17,7 +17,6 @@ frame of the log; ``ego`` is the vehicle at the time of the frame that carries t
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from perception.data.nuscenes_tables import (
     check_annotation_boxes,
     check_unit_quaternions,
     find_version,
+    read_json,
     read_tables,
 )
 from perception.data.records import CameraFrame, LidarFrame, Sample, Scene
@@ -342,11 +342,9 @@ class NuScenesDataset:
         label = f"{self.version}/splits.json"
         if not path.is_file():
             return {}
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DatasetError(f"{label}: cannot read JSON ({exc})") from exc
-        if not isinstance(raw, dict) or not all(isinstance(v, list) for v in raw.values()):
+        raw = read_json(path, label)
+        if not isinstance(raw, dict) or not all(isinstance(v, list) and all(isinstance(n, str) for n in v)
+                                                for v in raw.values()):
             raise DatasetError(f"{label}: expected an object mapping split names to lists of scene names")
         names = {s.name for s in self.scenes}
         for split, scenes in raw.items():

@@ -8,7 +8,10 @@ with a message that names the file (``v1.0-mini/calibrated_sensor.json``) and th
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ import numpy as np
 from perception.data.schema import TABLES
 from perception.errors import BevStackError
 
-__all__ = ["DatasetError", "Record", "Tables", "find_version", "read_tables"]
+__all__ = ["DatasetError", "Record", "Tables", "find_version", "leaves_root", "read_json", "read_tables"]
 
 Record = dict[str, Any]
 
@@ -44,6 +47,33 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "visibility": ("token", "level"),
 }
 QUAT_TOLERANCE = 1e-3  # | |q| - 1 | allowed for stored rotations
+
+# What the reader expects of the fields it uses: a kind of FIELD_KINDS per table and field. Checked
+# column by column when the tables are read (sample_annotation's box fields: check_annotation_boxes).
+STR, INT, BOOL, TOKENS, VEC3, QUAT = "str", "int", "bool", "tokens", "vec3", "quat"
+_T = {"token": STR}
+FIELD_TYPES: dict[str, dict[str, str]] = {
+    "attribute": {**_T, "name": STR},
+    "calibrated_sensor": {**_T, "sensor_token": STR, "translation": VEC3, "rotation": QUAT},
+    "category": {**_T, "name": STR},
+    "ego_pose": {**_T, "timestamp": INT, "rotation": QUAT, "translation": VEC3},
+    "instance": {**_T, "category_token": STR},
+    "log": {**_T, "location": STR},
+    "map": {**_T, "log_tokens": TOKENS, "filename": STR},
+    "sample": {**_T, "timestamp": INT, "prev": STR, "next": STR, "scene_token": STR},
+    "sample_annotation": {**_T, "sample_token": STR, "instance_token": STR, "visibility_token": STR,
+                          "attribute_tokens": TOKENS, "prev": STR, "next": STR, "num_lidar_pts": INT},
+    "sample_data": {**_T, "sample_token": STR, "ego_pose_token": STR, "calibrated_sensor_token": STR,
+                    "timestamp": INT, "is_key_frame": BOOL, "height": INT, "width": INT, "filename": STR,
+                    "prev": STR, "next": STR},
+    "scene": {**_T, "log_token": STR, "name": STR, "description": STR, "first_sample_token": STR},
+    "sensor": {**_T, "channel": STR, "modality": STR},
+    "visibility": {**_T, "level": STR},
+}
+EXPECTED = {STR: "a string", INT: "an integer", BOOL: "true or false", TOKENS: "a list of token strings",
+            VEC3: "3 finite numbers (x, y, z)", QUAT: "4 finite numbers (w, x, y, z)"}
+# Fields that hold a file path relative to the dataset root; a path must stay under the root.
+PATH_FIELDS: dict[str, tuple[str, ...]] = {"map": ("filename",), "sample_data": ("filename",)}
 
 
 class DatasetError(BevStackError):
@@ -115,22 +145,41 @@ class Tables:
             self.get(table, token, referrer, record["token"])
 
 
+def read_json(path: Path, label: str) -> Any:
+    """The JSON value of ``path``; a :class:`DatasetError` naming ``label`` when it cannot be read or parsed
+    (nesting too deep for the parser included)."""
+    try:
+        with path.open("rb") as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise DatasetError(f"{label}: cannot read JSON ({exc})") from None
+    except RecursionError:
+        raise DatasetError(f"{label}: cannot read JSON (nested too deeply)") from None
+
+
+def leaves_root(path: str) -> bool:
+    """Whether a table path, joined to the dataset root, can name something outside it: empty, absolute,
+    holding a ``..`` component or a NUL. Lexical, so no link under the root is needed to decide; links the
+    dataset itself holds (a ``samples`` directory on another disk, a version's links) are followed."""
+    return not path or path.startswith("/") or "\0" in path or ".." in path.split("/")
+
+
 def read_tables(root: Path, version: str) -> Tables:
-    """Read and index the 13 tables of ``root/version``; check required fields and stored rotations."""
+    """Read and index the 13 tables of ``root/version``; check required fields, their types, the paths
+    they hold and stored rotations."""
     records: dict[str, list[Record]] = {}
     for name in TABLES:
         path = root / version / f"{name}.json"
         label = f"{version}/{name}.json"
         if not path.is_file():
             raise DatasetError(f"{label}: table missing (expected at {path})")
-        try:
-            with path.open("rb") as f:
-                recs = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DatasetError(f"{label}: cannot read JSON ({exc})") from exc
+        recs = read_json(path, label)
         if not isinstance(recs, list):
             raise DatasetError(f"{label}: expected a JSON list of records, got {type(recs).__name__}")
         _check_fields(label, name, recs)
+        _check_types(label, name, recs)
+        for field in PATH_FIELDS.get(name, ()):
+            _check_paths(label, recs, field)
         records[name] = recs
     tables = Tables(root, version, records)
     _check_calibrated_sensors(tables)
@@ -146,6 +195,67 @@ def _check_fields(label: str, table: str, recs: list[Record]) -> None:
         if not rec.keys() >= required_set:  # a set comparison in C: cheap on millions of records
             missing = [k for k in required if k not in rec]
             raise DatasetError(f"{label}: record {rec.get('token', '?')!r} lacks field(s) {missing}")
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    """Whether one field value is of ``kind`` (the record-by-record twin of :func:`_column_is_kind`)."""
+    if kind in (STR, INT, BOOL):
+        return type(value) is {STR: str, INT: int, BOOL: bool}[kind]
+    if kind == TOKENS:
+        return type(value) is list and all(type(v) is str for v in value)
+    n = 3 if kind == VEC3 else 4
+    return (type(value) is list and len(value) == n and all(type(v) in (int, float) for v in value)
+            and all(math.isfinite(v) for v in value))
+
+
+def _column_is_kind(recs: list[Record], field: str, kind: str) -> bool:
+    """Whether ``field`` of every record is of ``kind``, with loops in C (tables hold millions of records)."""
+    values = map(itemgetter(field), recs)
+    if kind in (STR, INT, BOOL):
+        return set(map(type, values)) <= {{STR: str, INT: int, BOOL: bool}[kind]}
+    column = list(values)
+    if not set(map(type, column)) <= {list}:
+        return False
+    if kind == TOKENS:
+        return set(map(type, chain.from_iterable(column))) <= {str}
+    if set(map(len, column)) - {3 if kind == VEC3 else 4}:
+        return False
+    if not set(map(type, chain.from_iterable(column))) <= {int, float}:
+        return False
+    try:
+        return all(map(math.isfinite, chain.from_iterable(column)))
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _check_types(label: str, table: str, recs: list[Record]) -> None:
+    """Raise :class:`DatasetError` naming the record, field, what was expected and what was found, for
+    the first field value not of its kind in :data:`FIELD_TYPES`."""
+    for field, kind in FIELD_TYPES[table].items():
+        if _column_is_kind(recs, field, kind):
+            continue
+        i = next(i for i, r in enumerate(recs) if not _is_kind(r[field], kind))
+        value, tok = recs[i][field], recs[i]["token"]
+        who = f"record {tok!r}" if type(tok) is str else f"record #{i}"
+        found = repr(value)
+        found = found if len(found) <= 80 else found[:77] + "..."
+        raise DatasetError(f"{label}: {who} field {field!r} must be {EXPECTED[kind]}, found {found} "
+                           f"({type(value).__name__})")
+
+
+def _check_paths(label: str, recs: list[Record], field: str) -> None:
+    """Raise :class:`DatasetError` naming the record and field of the first path that :func:`leaves_root`."""
+    values = list(map(itemgetter(field), recs))
+    joined = "\0" + "\0".join(values) + "\0"  # one pass in C; the record is looked for only on a hit
+    if not values or (joined.count("\0") == len(values) + 1 and "\0\0" not in joined and "\0/" not in joined
+                      and "/../" not in joined and "\0../" not in joined and "/..\0" not in joined
+                      and "\0..\0" not in joined):
+        return
+    i = next((i for i, v in enumerate(values) if leaves_root(v)), None)
+    if i is None:
+        return
+    raise DatasetError(f"{label}: record {recs[i]['token']!r} field {field!r} is {values[i]!r}, a path that "
+                       "leaves the dataset root (expected a path relative to the root, without '..')")
 
 
 def check_unit_quaternions(tables: Tables, table: str, recs: list[Record]) -> None:
