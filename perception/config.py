@@ -164,11 +164,12 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
     if path is not None:
         origin = str(path)
         try:
-            data = yaml.safe_load(Path(path).read_text())
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"cannot read config {path}: {e}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text ({e})") from None
+        data = _parse_yaml(text, f"{path}: not valid YAML")
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
@@ -190,13 +191,23 @@ def from_dict(data: Mapping[str, Any], overrides: Sequence[str] = (), origin: st
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=3e-4)")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{key}: cannot parse value {text!r}: {e}") from None
+        value = _parse_yaml(text, f"{key}: cannot parse value {text!r}")
         _set(tree, key, value, f"override {item!r}", sources)
         texts[key] = text.strip()
     return _build(tree, texts, sources)
+
+
+def _parse_yaml(text: str, what: str) -> Any:
+    """``yaml.safe_load(text)``; a :class:`ConfigError` starting with ``what`` when it cannot be read
+    (bad syntax, nesting deeper than the parser recurses, an integer of more digits than Python converts)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{what}: nested too deeply") from None
+    except ValueError as e:
+        raise ConfigError(f"{what}: {' '.join(str(e).split())}") from None
 
 
 def _set(tree: dict[str, Any], key: str, value: Any, source: str, sources: dict[str, str]) -> None:
@@ -300,8 +311,11 @@ def _coerce(value: Any, tp: Any, key: str, text: str | None = None,
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except OverflowError:  # an int beyond the float range
+                pass
+        elif isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
             try:
                 return float(value)
             except ValueError:
