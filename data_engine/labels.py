@@ -153,8 +153,12 @@ def read_labels_file(path: Path) -> Any:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise LabelsError(f"{path}: labels file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except LabelsError:
+        raise
+    except (OSError, ValueError) as exc:  # not UTF-8, not JSON, or an integer of more digits than int() converts
         raise LabelsError(f"{path}: cannot read JSON ({exc})") from None
+    except RecursionError:
+        raise LabelsError(f"{path}: cannot read JSON (nested too deeply)") from None
 
 
 def parse_labels(obj: Any, source: str) -> Labels:
