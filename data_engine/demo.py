@@ -30,12 +30,12 @@ from rich.table import Table
 from data_engine.synth import (
     RecipeMismatch,
     SynthConfig,
-    SynthError,
     SynthSummary,
     default_workers,
     synthesize,
 )
 from data_engine.synth_report import print_summary
+from perception.errors import BevStackError, one_line
 
 W, H = 352, 198  # camera size: twice the tiny preset's input is plenty, and quick to render
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny_loop.yaml"
@@ -54,12 +54,10 @@ def render_own(cfg: SynthConfig, console: Console) -> SynthSummary:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from data_engine.loop import LoopError
-
     try:
         run(argv)
-    except (SynthError, LoopError) as exc:
-        print(f"demo: {exc}", file=sys.stderr)
+    except (BevStackError, OSError) as exc:
+        print(f"demo: {one_line(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
