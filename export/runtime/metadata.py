@@ -24,14 +24,18 @@ The input and output contract (B batch, N cameras; DESIGN section 5):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+import types
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 
 from perception.geometry import BEVGrid
-from perception.presets import Preset, preset_from_dict
+from perception.models.config import ModelConfig
+from perception.presets import GridConfig, InputConfig, Preset, TaskConfig, preset_from_dict, preset_to_dict
 from perception.errors import BevStackError
 
 __all__ = ["FORMAT_VERSION", "INPUT_NAMES", "METADATA_KEY", "OUTPUT_NAMES", "PRECISIONS", "RIG_INPUTS",
@@ -113,33 +117,140 @@ class ModelMetadata:
         return {VERSION_KEY: str(self.format_version), METADATA_KEY: json.dumps(body)}
 
     @classmethod
-    def from_props(cls, props: dict[str, str], source: str | Path = "<model>") -> ModelMetadata:
-        """Read and check the metadata of a model (``props``: its ``metadata_props`` as a dict)."""
+    def from_props(cls, props: Mapping[str, str], source: str | Path = "<model>") -> ModelMetadata:
+        """Read and check the metadata of a model (``props``: its ``metadata_props`` as a dict).
+
+        Everything a runtime reads is checked here, so that a model whose metadata was edited, cut or
+        written by another tool is a :class:`MetadataError` naming the field, never a crash later on.
+        """
         if VERSION_KEY not in props or METADATA_KEY not in props:
             raise MetadataError(f"{source}: not a bevstack model (no {VERSION_KEY!r} / {METADATA_KEY!r} in its "
                                 "metadata); export it with `perception export`")
+        raw_version, raw_body = props[VERSION_KEY], props[METADATA_KEY]
+        if not isinstance(raw_version, str) or not isinstance(raw_body, str):
+            raise MetadataError(f"{source}: {VERSION_KEY} and {METADATA_KEY} must be strings (ONNX metadata_props)")
         try:
-            version = int(props[VERSION_KEY])
+            version = int(raw_version)
         except ValueError:
-            raise MetadataError(f"{source}: {VERSION_KEY} is {props[VERSION_KEY]!r}, not an integer") from None
+            raise MetadataError(f"{source}: {VERSION_KEY} is {raw_version!r}, not an integer") from None
         if version != FORMAT_VERSION:
             raise MetadataError(f"{source}: model format version {version}, this runtime reads version "
                                 f"{FORMAT_VERSION}; re-export the checkpoint with this version's `perception export`")
         try:
-            body = json.loads(props[METADATA_KEY])
-        except json.JSONDecodeError as exc:
+            body = json.loads(raw_body)
+        except RecursionError:
+            raise MetadataError(f"{source}: {METADATA_KEY} is nested too deeply to read") from None
+        except ValueError as exc:  # not JSON, or an integer of more digits than int() converts
             raise MetadataError(f"{source}: {METADATA_KEY} is not valid JSON ({exc})") from None
-        known = {f for f in cls.__dataclass_fields__}
+        if not isinstance(body, dict):
+            raise MetadataError(f"{source}: {METADATA_KEY} must be a JSON object, got {type(body).__name__}")
         missing = [f for f in ("preset", "precision", "checkpoint_sha256", "state_shape", "embedding_dim")
                    if f not in body]
         if missing:
             raise MetadataError(f"{source}: metadata lacks {', '.join(missing)}")
-        meta = cls(**{k: v for k, v in body.items() if k in known})
-        meta = cls(**{**asdict(meta), "state_shape": tuple(int(v) for v in meta.state_shape)})
-        if meta.precision not in PRECISIONS:
-            raise MetadataError(f"{source}: precision {meta.precision!r}, expected one of {PRECISIONS}")
+        preset = _read_preset(body["preset"], source)
+
+        def bad(name: str, expected: str) -> MetadataError:
+            return MetadataError(f"{source}: metadata {name} is {_short(body.get(name))}, expected {expected}")
+
+        if body["precision"] not in PRECISIONS:
+            raise bad("precision", f"one of {', '.join(PRECISIONS)}")
+        if not isinstance(body["checkpoint_sha256"], str):
+            raise bad("checkpoint_sha256", "a hex digest")
+        if not _is_type(body["state_shape"], tuple[int, int, int]) or tuple(body["state_shape"]) != preset.state_shape:
+            raise bad("state_shape", f"the preset's {list(preset.state_shape)} (C, X, Y)")
+        if not _is_type(body["embedding_dim"], int) or body["embedding_dim"] != preset.model.embedding_dim:
+            raise bad("embedding_dim", f"the preset's {preset.model.embedding_dim}")
+        static_batch = body.get("static_batch")
+        if static_batch is not None and not (_is_type(static_batch, int) and static_batch >= 1):
+            raise bad("static_batch", "null (any batch) or a batch size >= 1")
+        exporter = body.get("exporter", {})
+        if not isinstance(exporter, dict):
+            raise bad("exporter", "an object")
+        if body.get("format_version", version) != version:
+            raise bad("format_version", f"{version}, as {VERSION_KEY}")
+        return cls(preset=preset_to_dict(preset), precision=body["precision"],
+                   checkpoint_sha256=body["checkpoint_sha256"], state_shape=preset.state_shape,
+                   embedding_dim=body["embedding_dim"], static_batch=static_batch,
+                   fixed_rig=_read_rig(body.get("fixed_rig"), len(preset.input.cameras), source),
+                   exporter=exporter, format_version=version)
+
+
+# The preset's sections and the dataclass each is read into.
+_PRESET_SECTIONS: dict[str, type] = {"input": InputConfig, "grid": GridConfig, "tasks": TaskConfig, "model": ModelConfig}
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_type(value: Any, tp: Any) -> bool:
+    """Whether JSON ``value`` is of field type ``tp`` (int, finite float, bool, str, None, unions and
+    tuples of those; a tuple is a JSON list)."""
+    origin = get_origin(tp)
+    if origin is Union or origin is types.UnionType:
+        return any(_is_type(value, arg) for arg in get_args(tp))
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_is_type(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_is_type(v, a) for v, a in zip(value, args))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
         try:
-            _ = meta.preset_obj
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MetadataError(f"{source}: the preset in the metadata is unreadable ({exc})") from None
-        return meta
+            return math.isfinite(value)
+        except OverflowError:  # an int beyond the float range
+            return False
+    if tp is str:
+        return isinstance(value, str)
+    return False
+
+
+def _read_preset(data: Any, source: str | Path) -> Preset:
+    """The preset of the metadata, every field of the type its dataclass declares, and valid."""
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        raise MetadataError(f"{source}: the metadata's preset must be an object with a name and the sections "
+                            f"{', '.join(_PRESET_SECTIONS)}")
+    for section, config in _PRESET_SECTIONS.items():
+        values = data.get(section)
+        if not isinstance(values, dict):
+            raise MetadataError(f"{source}: the metadata's preset.{section} is {_short(values)}, expected an object")
+        hints = get_type_hints(config)
+        for f in fields(config):
+            if f.name in values and not _is_type(values[f.name], hints[f.name]):
+                raise MetadataError(f"{source}: the metadata's preset.{section}.{f.name} is {_short(values[f.name])}, "
+                                    f"expected {hints[f.name]}")
+    try:
+        return preset_from_dict(data)
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:  # missing or unknown fields, the preset's checks
+        raise MetadataError(f"{source}: the preset in the metadata is unreadable ({exc})") from None
+
+
+def _read_rig(rig: Any, cameras: int, source: str | Path) -> dict[str, list] | None:
+    """The fixed rig as nested lists of finite floats: K [N][3][3] and ego_T_cam [N][4][4]."""
+    if rig is None:
+        return None
+    if not isinstance(rig, dict):
+        raise MetadataError(f"{source}: the metadata's fixed_rig is {_short(rig)}, expected null or an object "
+                            "with K and ego_T_cam")
+    out = {}
+    for key, shape in (("K", (cameras, 3, 3)), ("ego_T_cam", (cameras, 4, 4))):
+        try:
+            arr = np.asarray(rig[key], dtype=np.float64)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            arr = None
+        if arr is None or arr.shape != shape or not np.all(np.isfinite(arr)):
+            raise MetadataError(f"{source}: the metadata's fixed_rig.{key} is {_short(rig.get(key))}, expected "
+                                f"{' x '.join(map(str, shape))} finite numbers (one matrix per camera)")
+        out[key] = arr.tolist()
+    return out
