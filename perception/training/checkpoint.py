@@ -116,12 +116,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if "Weights only load failed" in first:  # torch's advice to unpickle anyway is not for users
             first = "not a checkpoint, or one holding more than tensors and plain data"
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path}: checkpoint format {found!r}, expected {CHECKPOINT_FORMAT}")
+    fmt = state.get("format") if isinstance(state, dict) else None
+    if type(fmt) is not int or fmt != CHECKPOINT_FORMAT:  # a tensor or a bool is no format either
+        found = (repr(fmt) if isinstance(fmt, (int, float, str, type(None))) else f"a {type(fmt).__name__}") \
+            if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: checkpoint format {found}, expected {CHECKPOINT_FORMAT}")
     for key in ("preset", "model"):
         if key not in state:
             raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
+    try:  # what every user of a checkpoint reads first
+        preset_from_dict(state["preset"])
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        raise CheckpointError(f"{path}: the checkpoint's preset is unreadable ({type(exc).__name__}: {exc})") from None
+    for key in ("model", "ema"):
+        weights = state.get(key)
+        if key == "ema" and weights is None:
+            continue
+        if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                    for k, v in weights.items()):
+            raise CheckpointError(f"{path}: checkpoint entry {key!r} must map parameter names to tensors")
     return state
 
 
@@ -158,7 +171,11 @@ def load_model_from_checkpoint(path: str | Path, ema: bool = True) -> tuple[torc
     preset = preset_from_dict(state["preset"])
     model = build_model(dataclasses.replace(preset, model=dataclasses.replace(preset.model, pretrained=None)))
     weights = state.get("ema") if ema and state.get("ema") is not None else state["model"]
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # tensors of other shapes than the preset's model
+        first = (str(exc).strip().splitlines() or [""])[-1].strip()
+        raise CheckpointError(f"{path}: weights do not fit the model the preset builds ({first})") from None
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval(), preset, state
