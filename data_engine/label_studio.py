@@ -27,6 +27,7 @@ BOX_CONTROL = "box"  # <RectangleLabels name=...>
 FRAME_CONTROL = "frame"  # <Choices name=...> for per-image flags
 MISSING_CHOICE = "missing objects"
 REGION_PREFIX = "b"
+MAX_ID_DIGITS = 18  # a longer number names no box (and int() refuses numbers of over 4300 digits)
 
 
 def region_id(box_index: int) -> str:
@@ -35,9 +36,11 @@ def region_id(box_index: int) -> str:
 
 
 def box_index(region: str) -> int | None:
-    """The 3D box a region id names, or None for a region the reviewer drew."""
-    if region.startswith(REGION_PREFIX) and region[len(REGION_PREFIX):].isdigit():
-        return int(region[len(REGION_PREFIX):])
+    """The 3D box a region id names, or None for a region the reviewer drew (ids such as "b²" or "b١",
+    digits to str.isdigit but not ASCII ones, are the reviewer's too)."""
+    digits = region[len(REGION_PREFIX):]
+    if region.startswith(REGION_PREFIX) and digits.isascii() and digits.isdigit() and len(digits) <= MAX_ID_DIGITS:
+        return int(digits)
     return None
 
 

@@ -161,6 +161,18 @@ def read_labels_file(path: Path) -> Any:
         raise LabelsError(f"{path}: cannot read JSON (nested too deeply)") from None
 
 
+def _is_token(value: Any) -> bool:
+    """A non-empty string UTF-8 can encode (a lone surrogate, which a JSON escape can write, cannot be
+    looked up in the catalog nor written into a version)."""
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_labels(obj: Any, source: str) -> Labels:
     """Check the JSON shape of a nuScenes-records labels file: the two tables, each record an object
     with nuScenes' fields, tokens as strings. Raises :class:`LabelsError` naming the first bad record."""
@@ -181,17 +193,17 @@ def parse_labels(obj: Any, source: str) -> Labels:
             if missing:
                 raise LabelsError(f"{where} (token {rec.get('token')!r}): lacks field(s) {missing}")
             for key in _TOKEN_FIELDS[table]:
-                if not isinstance(rec[key], str) or not rec[key]:
+                if not _is_token(rec[key]):
                     raise LabelsError(f"{where} (token {rec.get('token')!r}): {key} {rec[key]!r} must be a token "
-                                      "(a non-empty string)")
+                                      "(a non-empty UTF-8 string)")
             for key in _OPTIONAL_TOKEN_FIELDS[table]:
-                if not isinstance(rec[key], str):
+                if rec[key] != "" and not _is_token(rec[key]):
                     raise LabelsError(f"{where} (token {rec.get('token')!r}): {key} {rec[key]!r} must be a token or ''")
             if table == "sample_annotation" and not (isinstance(rec["attribute_tokens"], list)
-                                                     and all(isinstance(t, str) for t in rec["attribute_tokens"])):
+                                                     and all(_is_token(t) for t in rec["attribute_tokens"])):
                 raise LabelsError(f"{where} (token {rec['token']!r}): attribute_tokens must be a list of tokens")
     frames = obj.get("frames")
-    if frames is not None and not (isinstance(frames, list) and all(isinstance(t, str) and t for t in frames)):
+    if frames is not None and not (isinstance(frames, list) and all(_is_token(t) for t in frames)):
         raise LabelsError(f"{source}: frames must be a list of sample tokens")
     anns, insts = obj["sample_annotation"], obj["instance"]
     return Labels(anns, insts, list(dict.fromkeys([*(frames or []), *(a["sample_token"] for a in anns)])))
@@ -577,8 +589,8 @@ def _task_fields(task: Any, i: int, source: str) -> tuple[str, dict[str, str]]:
     if not isinstance(data, dict):
         raise LabelsError(f"{where}: data must be an object with image, frame, camera, run and dataset")
     for key in ("image", "frame", "camera", "run", "dataset"):
-        if not isinstance(data.get(key), str) or not data[key]:
-            raise LabelsError(f"{where}: data.{key} {data.get(key)!r} must be a non-empty string")
+        if not _is_token(data.get(key)):
+            raise LabelsError(f"{where}: data.{key} {data.get(key)!r} must be a non-empty UTF-8 string")
     return where, data
 
 
@@ -591,7 +603,10 @@ def _read_results(task: dict[str, Any], t: _Task, where: str) -> list[tuple[int,
     if not isinstance(annotations, list) or not isinstance(preds, list):
         raise LabelsError(f"{where}: annotations and predictions must be lists")
     for k, p in enumerate(preds):
-        for j, r in enumerate(p.get("result") or [] if isinstance(p, dict) else []):
+        pred_results = (p.get("result") or []) if isinstance(p, dict) else []
+        if not isinstance(pred_results, list):
+            raise LabelsError(f"{where}: predictions[{k}].result must be a list")
+        for j, r in enumerate(pred_results):
             if isinstance(r, dict) and r.get("from_name") == BOX_CONTROL:
                 idx = box_index(str(r.get("id", "")))
                 if idx is not None:
@@ -611,7 +626,10 @@ def _read_results(task: dict[str, Any], t: _Task, where: str) -> list[tuple[int,
             raise LabelsError(f"{at}: expected a JSON object")
         value = r.get("value") if isinstance(r.get("value"), dict) else {}
         if r.get("from_name") == FRAME_CONTROL:
-            if MISSING_CHOICE in (value.get("choices") or []):
+            choices = value.get("choices") or []
+            if not isinstance(choices, list):
+                raise LabelsError(f"{at}.value.choices {choices!r}: expected a list of choices")
+            if MISSING_CHOICE in choices:
                 t.flags.append(f"{t.camera}: {MISSING_CHOICE}")
         elif r.get("from_name") == BOX_CONTROL:
             labels = value.get("rectanglelabels")
