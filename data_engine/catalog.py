@@ -16,7 +16,9 @@ to date when it is opened.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -162,6 +164,29 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+_SQLITE_FULL = 13  # SQLite's result code for a full disk (the primary code, low byte of an extended one)
+_SCHEMAS: dict[int, dict[str, tuple[str, ...]]] = {}
+
+
+def _schema(version: int) -> dict[str, tuple[str, ...]]:
+    """Table name -> column names of a catalog at schema ``version`` (the migrations run in memory, once)."""
+    if version not in _SCHEMAS:
+        conn = sqlite3.connect(":memory:")
+        try:
+            for v in range(version):
+                for statement in _statements(MIGRATIONS[v]):
+                    conn.execute(statement)
+            _SCHEMAS[version] = _table_columns(conn)
+        finally:
+            conn.close()
+    return _SCHEMAS[version]
+
+
+def _table_columns(conn: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
+    """Table name -> its column names, for every table of a database but SQLite's own."""
+    names = [str(n) for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {n: tuple(str(r[1]) for r in conn.execute('PRAGMA table_info("' + n.replace('"', '""') + '")'))
+            for n in names if not n.startswith("sqlite_")}
 
 # One predicted box as the catalog stores it (frame_results.predictions): ego frame of the frame's sample,
 # metres, radians, m/s; "class" a detection class name, "score" in [0, 1].
@@ -247,18 +272,42 @@ class Catalog:
         return cat
 
     def _migrate(self) -> None:
+        """Bring the catalog to :data:`SCHEMA_VERSION` in one transaction, after checking that its tables are
+        those of the version it records (a version record changed by hand is refused, not migrated over)."""
         try:
             version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version >= SCHEMA_VERSION:
+                self._check_schema(version)
+                return
         except sqlite3.DatabaseError as exc:
             raise CatalogError(f"{self.path}: not a catalog ({exc})") from None
-        if version > SCHEMA_VERSION:
-            raise CatalogError(f"{self.path}: catalog schema version {version} is newer than this program's "
-                               f"{SCHEMA_VERSION}; upgrade bevstack")
-        for v in range(version, SCHEMA_VERSION):
-            with self.transaction() as c:
+        with self.transaction() as c:  # the version and the tables read together, as another process may migrate
+            version = c.execute("PRAGMA user_version").fetchone()[0]
+            self._check_schema(version)
+            for v in range(version, SCHEMA_VERSION):
                 for statement in _statements(MIGRATIONS[v]):
                     c.execute(statement)
-                c.execute(f"PRAGMA user_version = {v + 1}")
+            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _check_schema(self, version: int) -> None:
+        """Refuse a catalog whose recorded schema version is not one this program can open or migrate, or
+        whose tables are not those of the version it records."""
+        if version > SCHEMA_VERSION:  # a newer program's catalog (its tables cannot be known here)
+            raise CatalogError(f"{self.path}: catalog schema version {version} is newer than this program's "
+                               f"{SCHEMA_VERSION}; upgrade bevstack")
+        ours = set().union(*(_schema(v) for v in range(SCHEMA_VERSION + 1)))
+        mine = {n: cols for n, cols in _table_columns(self.conn).items() if n in ours}
+        matches = [v for v in range(SCHEMA_VERSION + 1) if mine == _schema(v)]
+        if version in matches:
+            return
+        if matches:
+            raise CatalogError(f"{self.path}: catalog schema version {version} is recorded, but its tables are those "
+                               f"of version {matches[-1]} (this program's is {SCHEMA_VERSION}); the version record "
+                               f"was changed by hand: set it back with `PRAGMA user_version = {matches[-1]}`, or "
+                               "restore the catalog from a backup")
+        raise CatalogError(f"{self.path}: catalog schema version {version} is recorded, but its tables match no "
+                           f"schema version this program knows (it expects version {SCHEMA_VERSION}); the catalog "
+                           "is damaged or was changed by hand; restore it from a backup")
 
     @property
     def schema_version(self) -> int:
@@ -276,13 +325,19 @@ class Catalog:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on any exception)."""
-        self.conn.execute("BEGIN IMMEDIATE")
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:  # a failed COMMIT (a full disk) can leave the transaction open
+                    self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_FULL:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path)) from exc
             raise
-        self.conn.execute("COMMIT")
 
     # -- registering datasets ------------------------------------------------------------------------
     def index_dataset(self, root: str | Path | NuScenesDataset, unlabeled: bool = False) -> dict[str, int]:

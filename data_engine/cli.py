@@ -338,6 +338,8 @@ def ingest(
             s = run_ingest(cat, labels, name=name, out=out, relabel=relabel)
     except (*INGEST_ERRORS, OSError) as exc:
         raise _fail(str(exc)) from None
+    for path in s.litter:
+        typer.echo(f"removed {path}, left by an ingest that was killed")
     typer.echo(f"label batch {s.batch_id} ({s.format}) from {s.source}")
     if s.version is not None:
         typer.echo(f"version {s.version} (parent {s.parent or 'the labeled datasets'}) -> {s.root}")

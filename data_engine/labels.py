@@ -48,10 +48,10 @@ from .catalog import Catalog, CatalogError, FrameRow
 from .label_studio import BOX_CONTROL, FRAME_CONTROL, MISSING_CHOICE, box_index
 from perception.errors import BevStackError
 
-__all__ = ["CLASS_CATEGORY", "INJECT_KINDS", "LabelRun", "LabelStudioResult", "Labels", "LabelsError", "SourceDataset",
-           "ValidLabels", "chain_instances", "errors_path", "image_path", "inject_errors", "label_frames", "labels_from_label_studio",
-           "load_source", "oracle_labels", "parse_inject", "parse_labels", "read_labels_file", "validate_labels",
-           "write_json"]
+__all__ = ["CLASS_CATEGORY", "INJECT_KINDS", "MAX_LABELS_FILE_BYTES", "LabelRun", "LabelStudioResult", "Labels",
+           "LabelsError", "SourceDataset", "ValidLabels", "chain_instances", "errors_path", "image_path", "inject_errors",
+           "label_frames", "labels_from_label_studio", "load_source", "oracle_labels", "parse_inject", "parse_labels",
+           "read_labels_file", "validate_labels", "write_json"]
 
 LABEL_TABLES: tuple[str, ...] = ("sample_annotation", "instance")
 _TOKEN_FIELDS = {"sample_annotation": ("token", "sample_token", "instance_token"), "instance": ("token", "category_token")}
@@ -60,6 +60,9 @@ INJECT_KINDS: tuple[str, ...] = ("missing", "class", "shift")
 SHIFT_RANGE_M = (1.5, 3.0)  # an injected shift moves the centre this far, horizontally
 MAX_EGO_DISTANCE_M = 200.0  # an annotation's centre must lie this close to its frame's ego pose
 LS_NUM_LIDAR_PTS = 1  # Label Studio boxes have no lidar count; 1 keeps them in evaluation (0 would drop them)
+# The largest labels file (either format) read: parsing holds about 5x the file in memory and an ingest about
+# 12x, so 64 MiB (some 100k annotations) bounds an ingest near 0.8 GB. Split a larger batch into several files.
+MAX_LABELS_FILE_BYTES = 64 * 2**20
 
 # Detection class -> the nuScenes category a box of that class is written with (the one category of
 # the class, or the usual one where the class has several).
@@ -147,10 +150,21 @@ def _token(*parts: object) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def read_labels_file(path: Path) -> Any:
-    """The parsed JSON of a labels file (a nuScenes-records object or a Label Studio export list)."""
+def read_labels_file(path: Path, max_bytes: int | None = None) -> Any:
+    """The parsed JSON of a labels file (a nuScenes-records object or a Label Studio export list); a file
+    larger than ``max_bytes`` (default :data:`MAX_LABELS_FILE_BYTES`) is refused before it is parsed."""
+    limit = MAX_LABELS_FILE_BYTES if max_bytes is None else max_bytes
+    too_big = (f"{path}: the labels file is larger than the limit of {limit / 2**20:g} MiB "
+               "(data_engine.labels.MAX_LABELS_FILE_BYTES, which bounds the memory an ingest takes); "
+               "split the batch into several files and ingest each")
     try:
-        return json.loads(Path(path).read_text())
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > limit:
+                raise LabelsError(too_big)
+            data = f.read(limit + 1)  # a pipe or a growing file is bounded too
+        if len(data) > limit:
+            raise LabelsError(too_big)
+        return json.loads(data)
     except FileNotFoundError:
         raise LabelsError(f"{path}: labels file not found") from None
     except LabelsError:
@@ -206,7 +220,25 @@ def parse_labels(obj: Any, source: str) -> Labels:
     if frames is not None and not (isinstance(frames, list) and all(_is_token(t) for t in frames)):
         raise LabelsError(f"{source}: frames must be a list of sample tokens")
     anns, insts = obj["sample_annotation"], obj["instance"]
+    first: dict[tuple[Any, ...], int] = {}
+    for i, rec in enumerate(anns):
+        key = _box_key(rec)
+        if key is None:
+            continue  # not numbers: the box check names it
+        j = first.setdefault(key, i)
+        if j != i:
+            raise LabelsError(f"{source}: sample_annotation[{i}] (token {rec['token']!r}): frame {rec['sample_token']!r}: "
+                              f"box {i} is an exact duplicate of box {j} (sample_annotation[{j}], token "
+                              f"{anns[j]['token']!r}): same translation, size and rotation; label each object once")
     return Labels(anns, insts, list(dict.fromkeys([*(frames or []), *(a["sample_token"] for a in anns)])))
+
+
+def _box_key(rec: Record) -> tuple[Any, ...] | None:
+    """(frame, translation, size, rotation) of an annotation, to find exact duplicates; None if not numbers."""
+    try:
+        return (rec["sample_token"], *(tuple(float(v) for v in rec[k]) for k in ("translation", "size", "rotation")))
+    except (TypeError, ValueError):
+        return None
 
 
 def _frames_to_label(cat: Catalog, state: str, run: str | None) -> list[FrameRow]:

@@ -69,8 +69,11 @@ class LoopConfig:
     diversity: float = 0.3
     min_gap: float = 2.0
     device: str = "auto"
+    plugins: list[str] = field(default_factory=list)  # user strategy files for the arms (`data-engine mine --plugin`)
 
     def validate(self) -> None:
+        """Check everything that can be checked before any work: the paths, the rounds, and what mining
+        will need (:meth:`validate_mining`)."""
         for key in ("seed_data", "pool"):
             if not Path(getattr(self, key)).is_dir():
                 raise LoopError(f"{key}: {getattr(self, key)} is not a dataset directory")
@@ -78,8 +81,10 @@ class LoopConfig:
             raise LoopError(f"val_data: {self.val_data} is not a dataset directory")
         if not Path(self.train_config).is_file():
             raise LoopError(f"train_config: {self.train_config} is missing")
-        if self.rounds < 1 or self.budget < 1 or self.steps < 1:
-            raise LoopError("rounds, budget and steps must be >= 1")
+        for key in ("rounds", "budget", "steps"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LoopError(f"{key}: expected an integer >= 1, got {value!r}")
         names = [a.name for a in self.arms]
         if not names or len(set(names)) != len(names) or not all(n.replace("_", "").replace("-", "").isalnum()
                                                                   for n in names):
@@ -91,6 +96,44 @@ class LoopConfig:
                 raise LoopError(f"{key}: {value} is the pool; the val and seed sets must never be in the pool")
         if self.precision not in ("fp32", "int8"):
             raise LoopError(f"precision: fp32 or int8, got {self.precision!r}")
+        self.validate_mining()
+
+    def validate_mining(self) -> None:
+        """The arms' strategies (loading the plugins), the engine and the selection settings, so that a
+        mistake stops the loop before round 0 trains rather than after."""
+        from .mining import ENGINES
+        from .selection import SelectionConfig
+        from .strategies import STRATEGIES, StrategyError, load_plugins, make_strategy
+
+        if self.engine not in ENGINES:
+            raise LoopError(f"engine: expected one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise LoopError(f"workers: expected an integer >= 0, got {self.workers!r}")
+        if not self.seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in self.seeds):
+            raise LoopError(f"seeds: expected a non-empty list of integers, got {self.seeds!r}")
+        try:
+            SelectionConfig(diversity=self.diversity, min_gap=self.min_gap)
+        except (TypeError, ValueError) as exc:
+            raise LoopError(f"diversity / min_gap: {exc}") from None
+        try:
+            load_plugins(self.plugins)
+        except StrategyError as exc:
+            raise LoopError(f"plugins: {exc}") from None
+        for arm in self.arms:
+            if not arm.strategies:
+                raise LoopError(f"arms: {arm.name}: name at least one strategy")
+            for spec in arm.strategies:
+                name = spec.strip().partition(":")[0]
+                if name not in STRATEGIES:
+                    raise LoopError(f"arms: {arm.name}: unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}"
+                                    " (add your own with a file listed under plugins)")
+                try:
+                    strategy = make_strategy(spec)
+                except StrategyError as exc:
+                    raise LoopError(f"arms: {arm.name}: {exc}") from None
+                if strategy.target != "unlabeled":
+                    raise LoopError(f"arms: {arm.name}: strategy {spec} ranks labeled frames (label QA); a loop arm "
+                                    "picks frames of the unlabeled pool")
 
 
 def load_loop_config(path: str | Path, overrides: dict[str, Any] | None = None, check_paths: bool = True) -> LoopConfig:
@@ -108,6 +151,8 @@ def load_loop_config(path: str | Path, overrides: dict[str, Any] | None = None, 
     unknown = sorted(set(raw) - known)
     if unknown:
         raise LoopError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+    if isinstance(raw.get("plugins"), str):
+        raw["plugins"] = [raw["plugins"]]
     if "arms" in raw:
         try:
             raw["arms"] = [Arm(str(a["name"]), [str(s) for s in (a["strategies"] if isinstance(a["strategies"], list)
@@ -241,7 +286,7 @@ def _mine_label_ingest(cfg: LoopConfig, arm: Arm, db: Path, model: Path, rnd: in
         log(f"mine {','.join(strategies)} budget {cfg.budget}")
         mine(MineConfig(model=model, catalog=db, strategies=strategies, budget=cfg.budget, run=run, engine=cfg.engine,
                         workers=cfg.workers, selection=SelectionConfig(diversity=cfg.diversity, min_gap=cfg.min_gap),
-                        progress=False), log=lambda _: None)
+                        plugins=[Path(x) for x in cfg.plugins], progress=False), log=lambda _: None)
     queue = out_dir / "queue"
     if not queue.is_dir():
         write_queue(db, run, queue)

@@ -38,6 +38,8 @@ from .strategies import (
     StrategyError,
     load_plugins,
     make_strategy,
+    plugin_file,
+    strategy_failure,
 )
 from perception.errors import BevStackError
 
@@ -153,20 +155,22 @@ class SceneScorer:
                     if reader is None:
                         raise MineError(f"{frame.dataset_root}: the dataset cannot be read")
                     sample = reader.sample(frame.sample_token)
-                    rig, images, cam_times, unreadable = {}, {}, {}, {}
+                    rig, images, cam_times, unreadable, files = {}, {}, {}, {}, {}
                     for name in self.model.metadata.camera_names:
                         cam = sample.cameras.get(name)
                         if cam is None:
                             raise MineError(f"{name}: the sample has no such camera")
                         rig[name] = Camera(cam.K, sample.ref_T_cam(name), (cam.height, cam.width))
+                        files[name] = cam.path
                         try:
                             images[name] = cam.path.read_bytes()
                         except OSError as exc:
                             images[name] = None
-                            unreadable[name] = f"{cam.filename}: {exc.strerror or exc}"
+                            unreadable[name] = f"{cam.path}: {exc.strerror or exc}"
                         cam_times[name] = cam.timestamp / 1e6
                     prepared = self.model.prepare(images, rig, sample.timestamp / 1e6, cam_times)
-                    problems = {**prepared.masked, **unreadable}
+                    # camera -> "image file: why"; a file that cannot be read says so rather than "no frame"
+                    problems = {**{k: f"{files[k]}: {v}" for k, v in prepared.masked.items()}, **unreadable}
                     if problems:  # a frame mined with a camera missing would be scored on what the model did not see
                         raise MineError("; ".join(f"{k}: {v}" for k, v in sorted(problems.items())))
                     labels = None
@@ -193,8 +197,15 @@ class SceneScorer:
                     for strategy in self.strategies:
                         if strategy.needs_labels and labels is None:
                             continue
-                        value, details = strategy.score(out, prev[i])
-                        details = {**details, "fired": bool(strategy.fired(value, details))}
+                        try:
+                            value, details = strategy.score(out, prev[i])
+                            details = {**details, "fired": bool(strategy.fired(value, details))}
+                        except StrategyError:
+                            raise
+                        except Exception as exc:  # noqa: BLE001 - a plugin's code may raise anything
+                            if plugin_file(strategy) is None:
+                                raise  # a built-in strategy's bug keeps its traceback
+                            raise strategy_failure(strategy, f"on frame {frame.sample_token}", exc) from None
                         scores[strategy.name] = (_checked(strategy.name, frame.sample_token, value, details),
                                                  details)
                     results[i].append(FrameResult(frame.id, embedding=res.embedding.astype(np.float32),
@@ -331,6 +342,15 @@ def _reference_scenes(scenes: list[tuple[int, str, list[FrameRow]]], limit: int)
     return [scenes[i] for i in sorted({round(float(x)) for x in np.linspace(0, len(scenes) - 1, n)})]
 
 
+def _mark_failed(cat: Catalog, run_id: int) -> None:
+    """Mark a run that ended early as failed (it stays resumable); on the way out of an error, so a
+    failure to write the mark (the disk that is full) must not replace the error being raised."""
+    try:
+        cat.set_run_status(run_id, "failed")
+    except Exception:  # noqa: BLE001, S110 - the original error is the one to report
+        pass
+
+
 def mine(cfg: MineConfig, log: Callable[[str], None] = print) -> MineSummary:
     """Score the catalog's frames with ``cfg.strategies`` and select ``cfg.budget`` of them (resumable)."""
     try:
@@ -356,25 +376,25 @@ def mine(cfg: MineConfig, log: Callable[[str], None] = print) -> MineSummary:
                     "selection": asdict(cfg.selection), "plugins": [str(p) for p in cfg.plugins]}
         run_id, resumed = cat.start_run(name, str(cfg.model.resolve()), sha, cfg.strategies, cfg.budget, cfg.engine,
                                         settings)
-        labels_root = cat.latest_version_root()
-        labeled_ds = {int(i) for (i,) in cat.conn.execute("SELECT id FROM datasets WHERE labeled = 1")}
-        done = cat.done_scenes(run_id)
-        todo = [SceneJob(d, tok, tuple(frames), labels_root, d in labeled_ds)
-                for d, tok, frames in scenes if (d, tok) not in done]
-        log(f"mining run {name} ({'resumed' if resumed else 'new'}): {len(todo)} scenes to score, "
-            f"{len(scenes) - len(todo)} already scored; engine {cfg.engine}, {cfg.workers} worker(s)")
-        threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, cfg.workers))
-        scorer_kwargs = {"model": str(cfg.model.resolve()), "strategies": list(cfg.strategies),
-                         "plugins": [str(p) for p in cfg.plugins], "threads": threads,
-                         "score_threshold": cfg.score_threshold, "max_boxes": cfg.max_boxes}
-        scored = failed = 0
-        failures: list[tuple[str, str]] = []
-        from tqdm import tqdm
+        try:  # whatever ends the run early (a strategy, a worker, a full disk), it is not left running
+            labels_root = cat.latest_version_root()
+            labeled_ds = {int(i) for (i,) in cat.conn.execute("SELECT id FROM datasets WHERE labeled = 1")}
+            done = cat.done_scenes(run_id)
+            todo = [SceneJob(d, tok, tuple(frames), labels_root, d in labeled_ds)
+                    for d, tok, frames in scenes if (d, tok) not in done]
+            log(f"mining run {name} ({'resumed' if resumed else 'new'}): {len(todo)} scenes to score, "
+                f"{len(scenes) - len(todo)} already scored; engine {cfg.engine}, {cfg.workers} worker(s)")
+            threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, cfg.workers))
+            scorer_kwargs = {"model": str(cfg.model.resolve()), "strategies": list(cfg.strategies),
+                             "plugins": [str(p) for p in cfg.plugins], "threads": threads,
+                             "score_threshold": cfg.score_threshold, "max_boxes": cfg.max_boxes}
+            scored = failed = 0
+            failures: list[tuple[str, str]] = []
+            from tqdm import tqdm
 
-        total = sum(len(j.frames) for j in todo)
-        tokens = {f.id: f.sample_token for j in todo for f in j.frames}
-        with tqdm(total=total, unit="frame", desc="scoring", disable=not cfg.progress) as bar:
-            try:
+            total = sum(len(j.frames) for j in todo)
+            tokens = {f.id: f.sample_token for j in todo for f in j.frames}
+            with tqdm(total=total, unit="frame", desc="scoring", disable=not cfg.progress) as bar:
                 for job, results in score_scenes(todo, scorer_kwargs, cfg.workers, cfg.batch, cfg.engine):
                     cat.write_scene(run_id, job.dataset_id, job.scene_token, results)
                     for r in results:
@@ -385,21 +405,26 @@ def mine(cfg: MineConfig, log: Callable[[str], None] = print) -> MineSummary:
                         else:
                             scored += 1
                     bar.update(len(results))
-            except StrategyError as exc:
-                cat.set_run_status(run_id, "failed")
+            for s in strategies:
+                if isinstance(s, RunStrategy):
+                    ids, emb = cat.run_embeddings(run_id, [target])
+                    _, ref = cat.run_embeddings(run_id, ["labeled"])
+                    try:
+                        values = s.score_run(emb, ref)
+                    except StrategyError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - a plugin's code may raise anything
+                        if plugin_file(s) is None:
+                            raise
+                        raise strategy_failure(s, "scoring the run", exc) from None
+                    cat.add_scores(run_id, s.name, {int(f): v for f, v in zip(ids, values)})
+            picks = select(cat, run_id, strategies, cfg.budget, target, cfg.selection)
+            cat.write_selection(run_id, [(p.frame_id, p.score, p.reasons) for p in picks], queue=target == "unlabeled")
+        except BaseException as exc:
+            _mark_failed(cat, run_id)
+            if isinstance(exc, StrategyError):
                 raise MineError(str(exc)) from None
-        for s in strategies:
-            if isinstance(s, RunStrategy):
-                ids, emb = cat.run_embeddings(run_id, [target])
-                _, ref = cat.run_embeddings(run_id, ["labeled"])
-                try:
-                    values = s.score_run(emb, ref)
-                except StrategyError as exc:
-                    cat.set_run_status(run_id, "failed")
-                    raise MineError(str(exc)) from None
-                cat.add_scores(run_id, s.name, {int(f): v for f, v in zip(ids, values)})
-        picks = select(cat, run_id, strategies, cfg.budget, target, cfg.selection)
-        cat.write_selection(run_id, [(p.frame_id, p.score, p.reasons) for p in picks], queue=target == "unlabeled")
+            raise
         first = [{"frame": p.token, "score": round(p.score, 4), "reasons": p.reasons} for p in picks[:5]]
         all_failed = cat.conn.execute("SELECT COUNT(*) FROM frame_results WHERE run_id = ? AND status = 'failed'",
                                       (run_id,)).fetchone()[0]

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from perception.metrics.detection_boxes import EvalBoxes
 
 __all__ = ["STRATEGIES", "FrameOutput", "RunStrategy", "Strategy", "StrategyError", "binary_entropy", "centered",
-           "cosine_distances", "load_plugins", "make_strategy", "register"]
+           "cosine_distances", "load_plugins", "make_strategy", "plugin_file", "register", "strategy_failure"]
 
 _EPS = 1e-6
 
@@ -150,9 +150,37 @@ def make_strategy(spec: str) -> Strategy:
     if name not in STRATEGIES:
         raise StrategyError(f"unknown strategy {name!r} (known: {', '.join(sorted(STRATEGIES))}; "
                             "add your own with --plugin FILE)")
-    strategy = STRATEGIES[name](arg or None)
+    factory = STRATEGIES[name]
+    try:
+        strategy = factory(arg or None)
+    except StrategyError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's factory may raise anything
+        where = _code_file(getattr(factory, "__module__", None))
+        if where is None:
+            raise  # a built-in factory's bug keeps its traceback
+        raise StrategyError(f"strategy {spec.strip()} (plugin {where}) cannot be made: "
+                            f"{type(exc).__name__}: {exc}") from None
     strategy.name = spec.strip()
     return strategy
+
+
+def _code_file(module: str | None) -> str | None:
+    """The file of a module that is not part of bevstack (a plugin or what it imports), else None."""
+    if not module or module == __name__ or module.split(".")[0] in ("data_engine", "perception", "export"):
+        return None
+    return str(getattr(sys.modules.get(module), "__file__", None) or module)
+
+
+def plugin_file(strategy: Strategy) -> str | None:
+    """The file holding the code of a user's strategy (a ``--plugin`` file), None for a built-in one."""
+    return _code_file(type(strategy).__module__)
+
+
+def strategy_failure(strategy: Strategy, where: str, exc: BaseException) -> StrategyError:
+    """The error to raise when a plugin strategy's code raised ``exc`` (``where``: "on frame TOKEN", ...)."""
+    return StrategyError(f"strategy {strategy.name} (plugin {plugin_file(strategy)}) failed {where}: "
+                         f"{type(exc).__name__}: {exc}")
 
 
 def load_plugins(paths: Sequence[str | Path]) -> None:

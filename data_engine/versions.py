@@ -19,19 +19,24 @@ seeds): a collision is refused.
 
 The version is written into a hidden temporary directory, loaded back with the reader, and renamed
 into place; the catalog then records the batch and the version in one transaction (the directory is
-removed if that fails).
+removed if that fails). Ingests into one catalog take turns (an exclusive lock on its ``versions``
+directory, from choosing the parent and the name to recording the version), and each first removes
+what a killed ingest left: temporary directories of writers that are gone, and version directories
+of this catalog it never recorded, so their names are used again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import json
 import os
 import posixpath
 import re
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +74,7 @@ __all__ = ["MANIFEST", "IngestSummary", "VersionError", "diff_versions", "ingest
 MANIFEST = "version.json"
 VERSION_PREFIX = "v1.0-"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+TMP_PATTERN = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>[0-9]+)")  # _write_version's temporary directory
 # The key that identifies a record of a shared table across datasets.
 STATIC_KEYS: dict[str, str] = {"category": "name", "attribute": "name", "sensor": "channel", "visibility": "level"}
 MOVED_M, RESIZED_M, ROTATED_RAD = 0.1, 0.01, 0.01  # what counts as a changed annotation in a diff
@@ -381,6 +387,67 @@ class IngestSummary:
     full_labeling: list[str] = field(default_factory=list)  # frames sent to full 3D labeling (stay queued)
     incomplete: list[dict[str, Any]] = field(default_factory=list)  # frames not fully reviewed (stay queued)
     details: dict[str, Any] = field(default_factory=dict)  # what the batch recorded
+    litter: list[str] = field(default_factory=list)  # leftovers of killed ingests removed first
+
+
+@contextlib.contextmanager
+def _ingest_lock(versions_dir: Path) -> Iterator[None]:
+    """One ingest at a time per catalog: an exclusive lock on its versions directory (the kernel releases
+    it when the holder dies, so a killed ingest never blocks the next)."""
+    versions_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(versions_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _remove_litter(cat: Catalog, versions_dir: Path, out: Path | None) -> list[str]:
+    """Remove what killed ingests of this catalog left (call with the ingest lock held): temporary
+    directories of dead writers, and version directories whose manifest names this catalog but which the
+    catalog never recorded. ``out``: the version directory asked for with ``--out`` (its parent directory
+    is searched for its own temporary directories only). Returns the paths removed."""
+    roots = {os.path.realpath(r) for (r,) in cat.conn.execute("SELECT root FROM dataset_versions")}
+    names = {str(n) for (n,) in cat.conn.execute("SELECT name FROM dataset_versions")}
+    catalog = str(cat.path.resolve())
+    tmps = [(versions_dir, None)] + ([(out.parent, out.name)] if out is not None else [])
+    found: list[Path] = []
+    for folder, only in tmps:
+        for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+            m = TMP_PATTERN.fullmatch(entry.name)
+            if (m and (only is None or m["name"] == only) and entry.is_dir() and not entry.is_symlink()
+                    and (int(m["pid"]) == os.getpid() or not _alive(int(m["pid"])))):
+                found.append(entry)
+    candidates = [e for e in sorted(versions_dir.iterdir()) if not e.name.startswith(".")] + ([out] if out else [])
+    for entry in candidates:
+        if not entry.is_dir() or entry.is_symlink() or os.path.realpath(entry) in roots:
+            continue
+        try:
+            manifest = json.loads((entry / MANIFEST).read_text())
+        except (OSError, ValueError):
+            continue  # not a version written by an ingest: not ours to remove
+        if isinstance(manifest, dict) and manifest.get("catalog") == catalog and manifest.get("name") not in names:
+            found.append(entry)
+    removed = {os.path.realpath(e): e for e in found}  # --out inside the versions directory is met twice
+    for entry in removed.values():
+        shutil.rmtree(entry)
+    return [str(e) for e in removed.values()]
 
 
 def _next_name(cat: Catalog, versions_dir: Path) -> str:
@@ -464,63 +531,67 @@ def ingest(cat: Catalog, labels_path: str | Path, name: str | None = None, out: 
     if review is not None and valid is None and not review.full_labeling:
         raise LabelsError(f"{source}: no frame of the export can be applied: "
                           + "; ".join(f"{x['frame']} lacks reviewed {', '.join(x['missing'])}" for x in review.incomplete[:5]))
-    parent = cat.dataset_version()
     versions_dir = cat.path.parent / "versions"
     if name is not None and not NAME_PATTERN.fullmatch(name):
         raise VersionError(f"--name {name!r}: a version name is letters, digits, '.', '_' and '-'")
-    name = name or _next_name(cat, versions_dir)
-    if cat.dataset_version(name) is not None:
-        raise VersionError(f"{cat.path}: version {name!r} exists; choose another --name")
-    root = Path(out).resolve() if out is not None else (versions_dir / name).resolve()
-    if valid is not None and root.exists():
-        raise VersionError(f"{root}: already exists; the version is written to a new directory (give --out or --name)")
-    details = dict(review.details) if review is not None else {"format": fmt}
-    summary = IngestSummary(source, fmt, 0, None, None, parent["name"] if parent else None,
-                            full_labeling=[f.sample_token for f in review.full_labeling] if review else [],
-                            incomplete=review.incomplete if review else [])
-    version_row = None
-    if valid is not None:
-        b = _Builder()
-        if parent is not None:
-            b.add_parent(Path(parent["root"]))
-        for droot in cat.labeled_dataset_roots():
-            if droot not in b.sources:
-                b.add_dataset(load_source(droot, sources))
-        b.drop_frames(fr.sample_token for fr in valid.frames)
-        for fr in valid.frames:
-            if b.add_frame(valid.sources[fr.dataset_root], fr.sample_token, valid.annotations[fr.sample_token],
-                           valid.instances, source):
-                summary.frames_new.append(fr.sample_token)
-            else:
-                summary.frames_relabeled.append(fr.sample_token)
-        tables = b.finish()
-        manifest = {"name": name, "parent": parent["name"] if parent else None, "catalog": str(cat.path.resolve()),
-                    "labels": source, "sources": b.sources, "scenes": b.origins}
-        _write_version(root, name, tables, b.splits, b.files, manifest, summary.frames_new)
-        summary.version, summary.root = name, root
-        summary.version_frames, summary.version_annotations = len(tables["sample"]), len(tables["sample_annotation"])
-        summary.annotations = valid.annotation_count
-        version_row = {"name": name, "root": str(root), "frames": summary.version_frames,
-                       "annotations": summary.version_annotations}
-        details.update(relabeled=summary.frames_relabeled, new_frames=len(summary.frames_new))
-    counts = {fr.id: _class_counts(valid, fr) for fr in valid.frames} if valid else {}
-    total: Counter[str] = Counter()
-    for cc in counts.values():
-        total.update({c: n for c, n in cc.items() if c in DETECTION_CLASSES})
-    summary.classes = dict(sorted(total.items()))
-    details["classes"] = summary.classes
-    summary.details = details
-    try:
-        summary.batch_id = cat.apply_label_batch(
-            source=source, fmt=fmt, labeled=counts,
-            annotations={fr.id: len(valid.annotations[fr.sample_token]) for fr in valid.frames} if valid else {},
-            full_labeling=[f.id for f in review.full_labeling] if review else [], details=details,
-            expect=("queued", "labeled") if relabel else ("queued",), version=version_row,
-            parent_id=parent["id"] if parent else None)
-    except BaseException:
-        if summary.root is not None:
-            shutil.rmtree(summary.root, ignore_errors=True)
-        raise
+    # From the parent and the name to the catalog's record of the version, one ingest at a time.
+    with _ingest_lock(versions_dir) if valid is not None else contextlib.nullcontext():
+        out_root = Path(out).resolve() if out is not None else None
+        litter = _remove_litter(cat, versions_dir, out_root) if valid is not None else []
+        parent = cat.dataset_version()
+        name = name or _next_name(cat, versions_dir)
+        if cat.dataset_version(name) is not None:
+            raise VersionError(f"{cat.path}: version {name!r} exists; choose another --name")
+        root = out_root if out_root is not None else (versions_dir / name).resolve()
+        if valid is not None and root.exists():
+            raise VersionError(f"{root}: already exists; the version is written to a new directory (give --out or --name)")
+        details = dict(review.details) if review is not None else {"format": fmt}
+        summary = IngestSummary(source, fmt, 0, None, None, parent["name"] if parent else None,
+                                full_labeling=[f.sample_token for f in review.full_labeling] if review else [],
+                                incomplete=review.incomplete if review else [], litter=litter)
+        version_row = None
+        if valid is not None:
+            b = _Builder()
+            if parent is not None:
+                b.add_parent(Path(parent["root"]))
+            for droot in cat.labeled_dataset_roots():
+                if droot not in b.sources:
+                    b.add_dataset(load_source(droot, sources))
+            b.drop_frames(fr.sample_token for fr in valid.frames)
+            for fr in valid.frames:
+                if b.add_frame(valid.sources[fr.dataset_root], fr.sample_token, valid.annotations[fr.sample_token],
+                               valid.instances, source):
+                    summary.frames_new.append(fr.sample_token)
+                else:
+                    summary.frames_relabeled.append(fr.sample_token)
+            tables = b.finish()
+            manifest = {"name": name, "parent": parent["name"] if parent else None, "catalog": str(cat.path.resolve()),
+                        "labels": source, "sources": b.sources, "scenes": b.origins}
+            _write_version(root, name, tables, b.splits, b.files, manifest, summary.frames_new)
+            summary.version, summary.root = name, root
+            summary.version_frames, summary.version_annotations = len(tables["sample"]), len(tables["sample_annotation"])
+            summary.annotations = valid.annotation_count
+            version_row = {"name": name, "root": str(root), "frames": summary.version_frames,
+                           "annotations": summary.version_annotations}
+            details.update(relabeled=summary.frames_relabeled, new_frames=len(summary.frames_new))
+        counts = {fr.id: _class_counts(valid, fr) for fr in valid.frames} if valid else {}
+        total: Counter[str] = Counter()
+        for cc in counts.values():
+            total.update({c: n for c, n in cc.items() if c in DETECTION_CLASSES})
+        summary.classes = dict(sorted(total.items()))
+        details["classes"] = summary.classes
+        summary.details = details
+        try:
+            summary.batch_id = cat.apply_label_batch(
+                source=source, fmt=fmt, labeled=counts,
+                annotations={fr.id: len(valid.annotations[fr.sample_token]) for fr in valid.frames} if valid else {},
+                full_labeling=[f.id for f in review.full_labeling] if review else [], details=details,
+                expect=("queued", "labeled") if relabel else ("queued",), version=version_row,
+                parent_id=parent["id"] if parent else None)
+        except BaseException:
+            if summary.root is not None:
+                shutil.rmtree(summary.root, ignore_errors=True)
+            raise
     return summary
 
 
