@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -165,6 +166,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _SQLITE_FULL = 13  # SQLite's result code for a full disk (the primary code, low byte of an extended one)
+_SQLITE_IOERR, _SQLITE_CANTOPEN, _SQLITE_READONLY, _SQLITE_PERM = 10, 14, 8, 3  # disk and permission failures
 _SCHEMAS: dict[int, dict[str, tuple[str, ...]]] = {}
 
 
@@ -264,7 +266,7 @@ class Catalog:
             conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
         except sqlite3.DatabaseError as exc:
-            raise CatalogError(f"{path}: not a catalog ({exc})") from None
+            raise _open_failure(path, exc) from None
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA synchronous=NORMAL")
         cat = cls(path, conn)
@@ -280,7 +282,7 @@ class Catalog:
                 self._check_schema(version)
                 return
         except sqlite3.DatabaseError as exc:
-            raise CatalogError(f"{self.path}: not a catalog ({exc})") from None
+            raise _open_failure(self.path, exc) from None
         with self.transaction() as c:  # the version and the tables read together, as another process may migrate
             version = c.execute("PRAGMA user_version").fetchone()[0]
             self._check_schema(version)
@@ -761,3 +763,18 @@ def _statements(script: str) -> list[str]:
     """The statements of a migration script (no statement holds a ';' inside a string)."""
     lines = [ln.split("--", 1)[0] for ln in script.splitlines()]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def _open_failure(path: Path, exc: sqlite3.DatabaseError) -> Exception:
+    """Why SQLite could not open ``path``: a full disk (its WAL and index files need room), a disk
+    or permission problem, or a file that is not a catalog."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = 0
+    if code == _SQLITE_FULL or (code == _SQLITE_IOERR and free < 1 << 20):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    if code in (_SQLITE_IOERR, _SQLITE_CANTOPEN, _SQLITE_READONLY, _SQLITE_PERM):
+        return CatalogError(f"{path}: cannot open the catalog ({exc}): check the disk and the file's permissions")
+    return CatalogError(f"{path}: not a catalog ({exc})")

@@ -67,7 +67,7 @@ from .labels import (
     read_labels_file,
     validate_labels,
 )
-from perception.errors import BevStackError
+from perception.errors import BevStackError, one_line
 
 __all__ = ["MANIFEST", "IngestSummary", "VersionError", "diff_versions", "ingest", "resolve_version"]
 
@@ -505,6 +505,9 @@ def _write_version(root: Path, name: str, tables: dict[str, list[Record]], split
         except DatasetError as exc:
             raise VersionError(f"the version written for {root} does not load: {exc}") from None
         os.rename(tmp, root)
+    except OSError as exc:  # a full disk, a read-only directory: nothing of the version is kept
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise VersionError(f"{root}: cannot write the version: {one_line(exc)}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -33,7 +33,7 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and not isinstance(exc, BevStackError):
         reason = exc.strerror or str(exc)
         if exc.errno == errno.ENOSPC:
-            reason = "no space left on device (free some space, then run the command again: it resumes)"
+            reason = "no space left on device (free some space and run the command again)"
         where = exc.filename if exc.filename is not None else ""
         text = f"{where}: {reason}" if where else reason
     else:
