@@ -182,3 +182,220 @@ def test_a_table_that_is_not_utf8_names_the_file(fresh: Truth) -> None:
     (fresh.root / VERSION / "log.json").write_bytes(b'[{"token": "\xff\xfe"}]')
     with pytest.raises(DatasetError, match=re.escape(f"{VERSION}/log.json: cannot read JSON")):
         load_dataset(fresh.root)
+
+
+# ------------------------------------------------------------------------------------------------
+# JPEGs cut short, with an end-of-image marker appended
+# ------------------------------------------------------------------------------------------------
+
+
+def _scene_image(h: int = 450, w: int = 800, seed: int = 0) -> np.ndarray:
+    """A smooth textured BGR image (JPEG-compressible like a camera frame)."""
+    rng = np.random.default_rng(seed)
+    coarse = (rng.random((h // 16 + 2, w // 16 + 2, 3)) * 255).astype(np.uint8)
+    img = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    return cv2.add(img, (rng.random((h, w, 3)) * 24).astype(np.uint8))
+
+
+def _cut(jpeg: bytes, fraction: float) -> bytes:
+    """``jpeg`` cut at ``fraction`` of its entropy-coded data, with the end-of-image marker appended."""
+    start = jpeg.index(b"\xff\xda")
+    return jpeg[: start + 16 + int((len(jpeg) - start - 18) * fraction)] + b"\xff\xd9"
+
+
+FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+ENCODINGS = {  # cv2 writer options: baseline, restart markers, progressive, no chroma subsampling
+    "baseline": [], "restart": [cv2.IMWRITE_JPEG_RST_INTERVAL, 2], "progressive": [cv2.IMWRITE_JPEG_PROGRESSIVE, 1],
+    "444": [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444],
+}
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.5, 0.97])
+def test_a_jpeg_cut_short_with_an_end_marker_is_an_error_naming_the_file(fresh: Truth, fraction: float) -> None:
+    from perception.data.nuscenes import read_image
+    from perception.preprocess import ImageDecodeError, decode_image, load_camera
+
+    path = fresh.image_paths[0]
+    path.write_bytes(_cut(path.read_bytes(), fraction))
+    for reduce in (1, 2, 4):
+        with pytest.raises(ImageDecodeError, match=re.escape(f"{path}: image file is corrupt (JPEG data cut short")):
+            decode_image(path, reduce)
+    with pytest.raises(DatasetError, match=re.escape(f"{path}: image file is corrupt")):
+        read_image(path)
+    with pytest.raises(ImageDecodeError, match=re.escape("CAM_FRONT of sample 3: image file is corrupt")):
+        load_camera(path.read_bytes(), np.eye(3), (90, 160), 2, name="CAM_FRONT of sample 3")
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+def test_jpegs_cut_short_are_caught_in_every_encoding(encoding: str) -> None:
+    from perception.preprocess import ImageDecodeError, decode_image
+
+    jpeg = cv2.imencode(".jpg", _scene_image(224, 400), [cv2.IMWRITE_JPEG_QUALITY, 90, *ENCODINGS[encoding]])[1].tobytes()
+    for fraction in (0.02, 0.3, 0.7, 0.95):
+        for reduce in (1, 2):
+            with pytest.raises(ImageDecodeError, match=r"<image bytes>: image file is corrupt \(JPEG data cut short"):
+                decode_image(_cut(jpeg, fraction), reduce)
+
+
+def test_valid_jpegs_decode_unchanged(fresh: Truth) -> None:
+    """The fixture's JPEGs, and cv2's at several qualities, with restart markers, progressive, without
+    chroma subsampling, grey, of odd sizes, and with a mid-grey corner (which is checked twice)."""
+    from perception.preprocess import decode_image
+
+    grey_corner = _scene_image(224, 400, seed=1)
+    grey_corner[-40:, -40:] = 128
+    images = {"scene": _scene_image(), "odd": _scene_image(209, 385, seed=2), "grey_corner": grey_corner,
+              "gray": cv2.cvtColor(_scene_image(224, 400, seed=3), cv2.COLOR_BGR2GRAY)}
+    jpegs = [p.read_bytes() for p in fresh.image_paths[:3]]
+    for name, image in images.items():
+        for quality in (30, 75, 95, 100):
+            for encoding, options in ENCODINGS.items():
+                ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality, *options])
+                assert ok, (name, quality, encoding)
+                jpegs.append(buf.tobytes())
+    for jpeg in jpegs:
+        for reduce, flags in FLAGS.items():
+            expected = cv2.imdecode(np.frombuffer(jpeg, np.uint8), flags)
+            assert np.array_equal(decode_image(jpeg, reduce), expected)
+
+
+def test_the_synthetic_worlds_jpegs_decode_unchanged(tmp_path: Path) -> None:
+    from data_engine.synth import SynthConfig, synthesize
+    from perception.preprocess import decode_image
+
+    synthesize(SynthConfig(out=tmp_path / "w", scenes=1, frames=2, seed=3, width=800, height=450), progress=False)
+    paths = sorted((tmp_path / "w" / "samples").glob("CAM_*/*.jpg"))
+    assert len(paths) == 12
+    for path in paths:
+        for reduce in (1, 2):
+            assert np.array_equal(decode_image(path, reduce), cv2.imread(str(path), FLAGS[reduce]))
+        with pytest.raises(DatasetError, match=re.escape(f"{path}: image file is corrupt")):
+            decode_image(_cut(path.read_bytes(), 0.9), name=str(path))
+
+
+def test_decoding_on_threads_names_only_the_cut_images() -> None:
+    """Decodes run side by side on threads, as the edge runtime runs its cameras; the ones decoded
+    with stderr captured (progressive here) must not take another thread's warnings for their own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from perception.preprocess import ImageDecodeError, decode_image
+
+    image = _scene_image(224, 400)
+    good = cv2.imencode(".jpg", image)[1].tobytes()
+    progressive = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    jobs = [(good, True), (progressive, True), (_cut(good, 0.5), False), (_cut(progressive, 0.5), False)] * 12
+
+    def decode(job: tuple[bytes, bool]) -> bool:
+        try:
+            decode_image(job[0])
+            return True
+        except ImageDecodeError:
+            return False
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(decode, jobs)) == [ok for _, ok in jobs]
+
+
+# ------------------------------------------------------------------------------------------------
+# The command lines: one line "error: ...", exit 1, no traceback
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny synthetic world, a copy of it whose CAM_FRONT JPEGs are cut short, and an untrained checkpoint."""
+    import dataclasses
+    import shutil
+
+    import torch
+
+    from data_engine.synth import SynthConfig, synthesize
+    from perception.models.bev_model import build_model
+    from perception.presets import get_preset
+    from perception.training.checkpoint import CHECKPOINT_FORMAT, preset_to_dict, save_checkpoint
+
+    root = tmp_path_factory.mktemp("faults_cli")
+    synthesize(SynthConfig(out=root / "data", scenes=2, frames=2, seed=5, width=352, height=198), progress=False)
+    shutil.copytree(root / "data", root / "cut")
+    cut = sorted((root / "cut" / "samples" / "CAM_FRONT").glob("*.jpg"))
+    for path in cut:
+        path.write_bytes(_cut(path.read_bytes(), 0.5))
+    shutil.copytree(root / "data", root / "missing")
+    for path in (root / "missing" / "samples" / "CAM_FRONT").glob("*.jpg"):
+        path.unlink()
+    preset = get_preset("tiny")
+    preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, pretrained=None))
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(root / "run" / "last.pt", {
+        "format": CHECKPOINT_FORMAT, "preset": preset_to_dict(preset), "model": build_model(preset).state_dict(),
+        "ema": None, "step": 0, "classes": {"det": list(preset.tasks.det_classes), "seg": list(preset.tasks.seg_classes)},
+    })
+    return {"root": root, "data": root / "data", "cut": root / "cut", "missing": root / "missing", "ckpt": ckpt,
+            "cut_files": cut}
+
+
+def _cli(args: list[str]):  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from perception.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def _one_error_line(result, *words: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in errors[0], (word, errors[0])
+
+
+def _train_args(data: Path, out: Path, workers: int) -> list[str]:
+    return ["train", "preset=tiny", f"train.data={data}", f"train.out_root={out}", "train.name=faults",
+            "train.steps=1", "train.batch_size=1", "train.train_split=null", "train.val_split=null",
+            f"train.num_workers={workers}", "train.log_every=1", "train.warmup_steps=1", "train.vis_every=0",
+            "augment.enabled=false", "model.pretrained=null"]
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["main_process", "loader_workers"])
+def test_train_on_a_jpeg_cut_short_is_one_error_line_naming_the_file(world: dict, tmp_path: Path, workers: int) -> None:
+    result = _cli(_train_args(world["cut"], tmp_path, workers))
+    _one_error_line(result, "image file is corrupt", "JPEG data cut short")
+    assert any(str(p) in result.stderr for p in world["cut_files"]), result.stderr
+
+
+def test_eval_on_a_jpeg_cut_short_is_one_error_line_naming_the_file(world: dict, tmp_path: Path) -> None:
+    result = _cli(["eval", "--checkpoint", str(world["ckpt"]), "--data", str(world["cut"]), "--out", str(tmp_path)])
+    _one_error_line(result, "image file is corrupt", "JPEG data cut short")
+    assert any(str(p) in result.stderr for p in world["cut_files"]), result.stderr
+
+
+def test_train_and_eval_on_a_missing_dataset_are_one_error_line_naming_it(world: dict, tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_dataset"
+    _one_error_line(_cli(_train_args(missing, tmp_path / "runs", 0)), f"{missing}: dataset root is not a directory")
+    _one_error_line(_cli(["eval", "--checkpoint", str(world["ckpt"]), "--data", str(missing), "--out", str(tmp_path)]),
+                    f"{missing}: dataset root is not a directory")
+
+
+@pytest.mark.parametrize("fault, words", [("cut", "image file is corrupt (JPEG data cut short"),
+                                          ("missing", "image file missing")])
+def test_an_error_raised_in_a_loader_worker_arrives_as_the_project_error_with_its_message(
+        world: dict, fault: str, words: str) -> None:
+    import dataclasses
+
+    from torch.utils.data import DataLoader
+
+    from perception.data.dataset import BadImageError, DatasetConfig, MultiCamDataset, collate_frames
+    from perception.presets import get_preset
+
+    preset = get_preset("tiny")
+    preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, pretrained=None))
+    dataset = MultiCamDataset(world[fault], preset, DatasetConfig())
+    loader = DataLoader(dataset, batch_size=1, num_workers=1, collate_fn=collate_frames)
+    with pytest.raises(BadImageError) as err:
+        list(loader)
+    first = world[fault] / world["cut_files"][0].relative_to(world["cut"])
+    assert str(err.value).startswith(f"{first}: {words}"), str(err.value)
+    assert "\n" not in str(err.value) and "Traceback" not in str(err.value)

@@ -28,15 +28,15 @@ from ..geometry import invert_rigid, invert_transform, project, transform_points
 from ..preprocess import ImageDecodeError, auto_reduce, load_camera
 from ..presets import Preset
 from .batch import FrameItem, FrameRef, collate_frames  # noqa: F401  (re-exported for DataLoader users)
-from .nuscenes import NuScenesDataset, Sample, load_dataset, load_lidar_points
+from .nuscenes import DatasetError, NuScenesDataset, Sample, load_dataset, load_lidar_points
 from .sensor_files import MapMask
 from .schema import DETECTION_CLASSES
 from .targets import read_lane_dividers, segmentation_targets
-from perception.errors import BevStackError
 
 
-class BadImageError(BevStackError):
-    """A camera image is missing or cannot be decoded; the message names the file."""
+class BadImageError(DatasetError):
+    """A camera image is missing or cannot be decoded; the message names the file. Like every
+    :class:`DatasetError`, it keeps its message when raised in a DataLoader worker process."""
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ class MultiCamDataset(Dataset):
         self.codec = BoxCodec.from_preset(preset)
         missing = [c for c in preset.input.cameras if c not in self.reader.camera_channels]
         if missing:
-            raise ValueError(f"{self.reader.root}: preset {preset.name!r} needs cameras {missing}, "
-                             f"the dataset has {list(self.reader.camera_channels)}")
+            raise DatasetError(f"{self.reader.root}: preset {preset.name!r} needs cameras {missing}, "
+                               f"the dataset has {list(self.reader.camera_channels)}")
         if config.split is None:
             scenes = self.reader.scenes
         else:
