@@ -118,7 +118,8 @@ def full_disks(ws: Workspace, work: Path) -> dict[str, Tally]:
     with tmpfs(work / "disk_train", ckpt_size * 3 // 2 + (2 << 20)) as disk:
         full, _ = run(train_args(ws.labeled, disk, "t", 4))
         t.count(full)
-        ok = t.check(_one_line_error(full) and "no space left" in full.stderr, f"train on a full disk: {full.stderr[-300:]}")
+        ok = t.check(_one_line_error(full) and "last.pt: cannot write the checkpoint: no space left" in full.stderr,
+                     f"train on a full disk: {full.stderr[-300:]}")
         ckpt = torch.load(disk / "t" / "last.pt", weights_only=True) if (disk / "t" / "last.pt").is_file() else None
         ok = t.check(ckpt is not None and ckpt["step"] == 2, "train on a full disk: the previous checkpoint is gone",
                      lost=True) and ok
@@ -138,7 +139,8 @@ def full_disks(ws: Workspace, work: Path) -> dict[str, Tally]:
         cmd = [*ENGINE, "ingest", str(d / "labels.json"), "--catalog", str(db), "--name", "v1", "--out", str(disk / "v1")]
         full, _ = run(cmd)
         t.count(full)
-        ok = t.check(_one_line_error(full), f"ingest on a full disk: {full.stderr[-300:]}")
+        ok = t.check(_one_line_error(full) and f"{disk / 'v1'}: cannot write the version: no space left" in full.stderr,
+                     f"ingest on a full disk: {full.stderr[-300:]}")
         after = _catalog_rows(db, "SELECT label_state, COUNT(*) FROM frames GROUP BY 1 ORDER BY 1")
         versions = _catalog_rows(db, "SELECT COUNT(*) FROM dataset_versions")[0][0]
         ok = t.check(after == before and versions == 0 and not any(disk.iterdir()),
@@ -151,15 +153,16 @@ def full_disks(ws: Workspace, work: Path) -> dict[str, Tally]:
     t = out.setdefault("mine", Tally(trials=1))
     d = work / "disk_mine"
     shutil.rmtree(d, ignore_errors=True)
-    with tmpfs(d, (ws.catalog_dir / "catalog.db").stat().st_size + (24 << 10)) as disk:
+    with tmpfs(d, (ws.catalog_dir / "catalog.db").stat().st_size + (96 << 10)) as disk:  # fills mid-run
         shutil.copy(ws.catalog_dir / "catalog.db", disk / "catalog.db")
         cmd = mine_args(ws.model, disk / "catalog.db", "r")
         full, _ = run(cmd)
         t.count(full)
-        ok = t.check(_one_line_error(full), f"mine on a full disk: {full.code} {full.stderr[-300:]}")
+        ok = t.check(_one_line_error(full) and f"{disk / 'catalog.db'}: no space left" in full.stderr,
+                     f"mine on a full disk: {full.code} {full.stderr[-300:]}")
         grow(disk, 64 << 20)  # SQLite rolls a hot journal back only with room to write
         status = _catalog_rows(disk / "catalog.db", "SELECT status FROM mining_runs")
-        ok = t.check(("running",) not in status, f"mine on a full disk left the run marked {status}") and ok
+        ok = t.check(status == [("failed",)], f"mine on a full disk left the run marked {status}, expected failed") and ok
         again, _ = run(cmd)
         t.count(again)
         reference = _catalog_rows(ws.mined_dir / "catalog.db", "SELECT f.sample_token FROM selections s "
