@@ -178,3 +178,11 @@ def test_random_bytes_as_a_model_or_a_checkpoint_are_one_line(world: Path, tmp_p
     code, out = _invoke(["eval", "--checkpoint", str(tmp_path / "absent.pt"), "--data", str(world)])
     assert code == 1
     assert "absent.pt: checkpoint file missing" in _one_error_line(out)
+
+
+def test_a_missing_dataset_is_one_line_and_leaves_no_run_directory(tmp_path: Path) -> None:
+    code, out = _invoke(["train", "preset=tiny", f"train.data={tmp_path / 'absent'}", f"train.out_root={tmp_path}",
+                         "train.name=r"])
+    assert code == 1
+    assert str(tmp_path / "absent") in _one_error_line(out)
+    assert not (tmp_path / "r").exists()

@@ -153,7 +153,8 @@ def prepare_cameras(frames: Mapping[str, bytes | np.ndarray | str | Path | None]
                                         f"calibration is for {cam.image_hw[1]}x{cam.image_hw[0]} px")
             return data, 1
         reduce = auto_reduce(tuple(cam.image_hw), (H, W)) if cam.image_hw is not None else 1
-        image = decode_image(data if isinstance(data, (bytes, bytearray, memoryview)) else Path(data), reduce)
+        encoded = data if isinstance(data, (bytes, bytearray, memoryview)) else Path(data)
+        image = decode_image(encoded, reduce, name=f"frames[{name!r}]" if not isinstance(encoded, Path) else None)
         if cam.image_hw is not None:
             check_size(image, tuple(cam.image_hw), reduce, f"frames[{name!r}]")
         return image, reduce

@@ -153,15 +153,6 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
     ckpt = load_resumable(run_dir / "last.pt", preset) if resume else None
     if not resume:
         refuse_existing_run(run_dir)
-    if d.world > 1:
-        dist.barrier()  # every rank has checked before rank 0 writes
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(run_dir)
-        dump_yaml(cfg, run_dir / "config.yaml")
-        if not resume:
-            for stale in ("metrics.csv", "val_metrics.csv"):
-                (run_dir / stale).unlink(missing_ok=True)
     log = (lambda msg: print(msg, flush=True)) if d.main else (lambda msg: None)
 
     # Data: clips of consecutive frames, shared out between ranks.
@@ -174,6 +165,17 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
     if len(sampler) == 0:
         raise TrainError(f"{tc.data}: split {tc.train_split!r} gives no batch of {tc.batch_size} clips of "
                          f"{tc.clip_length} frames")
+
+    # The run directory, written once the data and the checkpoint are known to be usable.
+    if d.world > 1:
+        dist.barrier()  # every rank has checked before rank 0 writes
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)
+        dump_yaml(cfg, run_dir / "config.yaml")
+        if not resume:
+            for stale in ("metrics.csv", "val_metrics.csv"):
+                (run_dir / stale).unlink(missing_ok=True)
 
     # Model, loss, optimizer, schedule, EMA.
     model: nn.Module = build_model(preset).to(device)
