@@ -33,6 +33,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 
+from perception.boxes import BoxCodec
 from perception.geometry import BEVGrid
 from perception.models.config import ModelConfig
 from perception.presets import GridConfig, InputConfig, Preset, TaskConfig, preset_from_dict, preset_to_dict
@@ -231,9 +232,11 @@ def _read_preset(data: Any, source: str | Path) -> Preset:
                 raise MetadataError(f"{source}: the metadata's preset.{section}.{f.name} is {_short(values[f.name])}, "
                                     f"expected {hints[f.name]}")
     try:
-        return preset_from_dict(data)
+        preset = preset_from_dict(data)
+        BoxCodec.from_preset(preset)  # the runtime's decoder of this preset's heads
     except (KeyError, TypeError, ValueError, ArithmeticError) as exc:  # missing or unknown fields, the preset's checks
         raise MetadataError(f"{source}: the preset in the metadata is unreadable ({exc})") from None
+    return preset
 
 
 def _read_rig(rig: Any, cameras: int, source: str | Path) -> dict[str, list] | None:

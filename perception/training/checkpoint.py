@@ -124,6 +124,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     for key in ("preset", "model"):
         if key not in state:
             raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
+    if not isinstance(state["preset"], dict):
+        raise CheckpointError(f"{path}: the checkpoint's preset is a {type(state['preset']).__name__}, not a dict")
     try:  # what every user of a checkpoint reads first
         preset_from_dict(state["preset"])
     except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
