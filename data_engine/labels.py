@@ -237,7 +237,7 @@ def _box_key(rec: Record) -> tuple[Any, ...] | None:
     """(frame, translation, size, rotation) of an annotation, to find exact duplicates; None if not numbers."""
     try:
         return (rec["sample_token"], *(tuple(float(v) for v in rec[k]) for k in ("translation", "size", "rotation")))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 

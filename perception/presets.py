@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .data.schema import CAMERA_NAMES, DETECTION_CLASSES
+from .errors import BevStackError
 from .geometry import BEVGrid
 from .models.config import ModelConfig
 
@@ -147,13 +150,72 @@ def preset_to_dict(preset: Preset) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(preset)))
 
 
-def preset_from_dict(data: dict[str, Any]) -> Preset:
-    """The inverse of :func:`preset_to_dict`."""
+class PresetError(BevStackError):
+    """A preset (as a plain dict, from a checkpoint or model metadata) that cannot be read; the message
+    names the field as ``preset.SECTION.FIELD``."""
 
-    def tup(d: dict[str, Any]) -> dict[str, Any]:
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
-    return Preset(
-        name=data["name"], input=InputConfig(**tup(data["input"])), grid=GridConfig(**tup(data["grid"])),
-        tasks=TaskConfig(**tup(data["tasks"])), model=ModelConfig(**tup(data["model"])),
-    )
+# The sections of a preset dict and the dataclass each is read into.
+PRESET_SECTIONS: dict[str, type] = {"input": InputConfig, "grid": GridConfig, "tasks": TaskConfig, "model": ModelConfig}
+
+
+def preset_from_dict(data: Any) -> Preset:
+    """The inverse of :func:`preset_to_dict`: every field of the type its dataclass declares, then the
+    dataclasses' own checks; :class:`PresetError` otherwise."""
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        raise PresetError(f"preset must be an object with a name and the sections {', '.join(PRESET_SECTIONS)}")
+    sections = {}
+    for section, config in PRESET_SECTIONS.items():
+        values = data.get(section)
+        if not isinstance(values, dict):
+            raise PresetError(f"preset.{section} is {_short(values)}, expected an object")
+        hints = get_type_hints(config)
+        names = {f.name for f in dataclasses.fields(config)}
+        unknown = sorted(set(values) - names, key=str)
+        if unknown:
+            raise PresetError(f"preset.{section} has unknown field(s) {unknown}")
+        for name, value in values.items():
+            if not is_json_of_type(value, hints[name]):
+                raise PresetError(f"preset.{section}.{name} is {_short(value)}, expected {hints[name]}")
+        sections[section] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return Preset(name=data["name"], input=InputConfig(**sections["input"]), grid=GridConfig(**sections["grid"]),
+                      tasks=TaskConfig(**sections["tasks"]), model=ModelConfig(**sections["model"]))
+    except (TypeError, ValueError, ArithmeticError) as exc:  # a missing field, the dataclasses' own checks
+        raise PresetError(f"preset {data['name']!r}: {exc}") from None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_json_of_type(value: Any, tp: Any) -> bool:
+    """Whether JSON ``value`` is of field type ``tp`` (int, finite float, bool, str, None, unions and
+    tuples of those; a tuple is a JSON list)."""
+    origin = get_origin(tp)
+    if origin is Union or origin is types.UnionType:
+        return any(is_json_of_type(value, arg) for arg in get_args(tp))
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(is_json_of_type(v, args[0]) for v in value)
+        return len(value) == len(args) and all(is_json_of_type(v, a) for v, a in zip(value, args))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        try:
+            return math.isfinite(value)
+        except OverflowError:  # an int beyond the float range
+            return False
+    if tp is str:
+        return isinstance(value, str)
+    return False

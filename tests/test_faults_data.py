@@ -134,12 +134,12 @@ POSE = token("pose", "lidar", 0, 1)
     ("ego_pose", POSE, "translation", [1.0, 2.0, 3.0, 4.0], "3 finite numbers (x, y, z)", "[1.0, 2.0, 3.0, 4.0] (list)"),
     ("ego_pose", POSE, "rotation", [1.0, 0.0, 0.0], "4 finite numbers (w, x, y, z)", "[1.0, 0.0, 0.0] (list)"),
     ("ego_pose", POSE, "rotation", [1.0, 0.0, "0", 0.0], "4 finite numbers (w, x, y, z)", "[1.0, 0.0, '0', 0.0] (list)"),
-    ("ego_pose", POSE, "timestamp", "1532402927647951", "an integer", "'1532402927647951' (str)"),
+    ("ego_pose", POSE, "timestamp", "1532402927647951", "a 64-bit integer", "'1532402927647951' (str)"),
     ("calibrated_sensor", token("calib", "CAM_FRONT"), "translation", [1.0, None, 2.0], "3 finite numbers",
      "[1.0, None, 2.0] (list)"),
-    ("sample_data", CAM_SD, "timestamp", 1.5, "an integer", "1.5 (float)"),
+    ("sample_data", CAM_SD, "timestamp", 1.5, "a 64-bit integer", "1.5 (float)"),
     ("sample_data", CAM_SD, "is_key_frame", "yes", "true or false", "'yes' (str)"),
-    ("sample_data", CAM_SD, "width", "800", "an integer", "'800' (str)"),
+    ("sample_data", CAM_SD, "width", "800", "a 64-bit integer", "'800' (str)"),
     ("sample_data", CAM_SD, "filename", 7, "a string", "7 (int)"),
     ("sample_data", CAM_SD, "ego_pose_token", ["a"], "a string", "['a'] (list)"),
     ("map", token("map"), "log_tokens", "abc", "a list of token strings", "'abc' (str)"),
@@ -155,11 +155,33 @@ def test_a_field_of_the_wrong_type_names_table_record_field_and_what_was_expecte
     assert msg.endswith(f"found {found}"), msg
 
 
+@pytest.mark.parametrize("table, field, value, expected", [
+    ("ego_pose", "translation", [10**400, 0.0, 0.0], "field 'translation' must be 3 finite numbers"),
+    ("sample_annotation", "translation", [10**400, 0.0, 0.0], "must be 3 finite numbers (x, y, z) in metres"),
+    ("sample_annotation", "size", [1.0, 10**400, 1.0], "must be 3 positive numbers (w, l, h)"),
+    ("sample_annotation", "num_lidar_pts", 10**30, "field 'num_lidar_pts' must be a 64-bit integer"),
+    ("calibrated_sensor", "camera_intrinsic", [["1", 0, 0], [0, 1, 0], [0, 0, 1]], "camera_intrinsic must be a finite"),
+    ("calibrated_sensor", "camera_intrinsic", [[10**400, 0, 0], [0, 1, 0], [0, 0, 1]], "camera_intrinsic must be a finite"),
+], ids=["pose_huge", "box_huge", "size_huge", "lidar_pts_huge", "intrinsic_str", "intrinsic_huge"])
+def test_numbers_beyond_float_or_int64_or_given_as_text_name_the_field(fresh: Truth, table: str, field: str,
+                                                                       value: object, expected: str) -> None:
+    def mutate(recs: list[dict]) -> None:
+        rec = next(r for r in recs if field in r and (field != "camera_intrinsic" or r[field]))
+        rec[field] = value
+
+    rewrite_table(fresh.root, table, mutate)
+    with pytest.raises(DatasetError) as err:
+        load_dataset(fresh.root).box_set(load_dataset(fresh.root).samples[0].token) \
+            if table == "sample_annotation" else load_dataset(fresh.root)
+    assert f"{table}.json" in str(err.value) and expected in str(err.value), str(err.value)
+    assert len(str(err.value)) < 300  # the value is cut short, not printed whole
+
+
 def test_a_sample_timestamp_of_the_wrong_type_and_a_token_that_is_not_a_string(fresh: Truth) -> None:
     first = fresh.sample_tokens[0][0]
     rewrite_table(fresh.root, *_set("sample", first, "timestamp", "0"))
-    with pytest.raises(DatasetError, match=rf"{VERSION}/sample\.json: record '{first}' field 'timestamp' must be an "
-                                           r"integer, found '0' \(str\)"):
+    with pytest.raises(DatasetError, match=rf"{VERSION}/sample\.json: record '{first}' field 'timestamp' must be a "
+                                           r"64-bit integer, found '0' \(str\)"):
         load_dataset(fresh.root)
 
     def list_token(recs: list[dict]) -> None:

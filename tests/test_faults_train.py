@@ -186,3 +186,16 @@ def test_a_missing_dataset_is_one_line_and_leaves_no_run_directory(tmp_path: Pat
     assert code == 1
     assert str(tmp_path / "absent") in _one_error_line(out)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_checkpoint_whose_preset_holds_a_field_of_another_type_names_the_field(world: Path, finished: Path,
+                                                                                  tmp_path: Path) -> None:
+    import torch
+
+    state = torch.load(finished / "last.pt", weights_only=True)
+    state["preset"]["input"]["cameras"] = 5
+    torch.save(state, tmp_path / "bad.pt")
+    code, out = _invoke(["eval", "--checkpoint", str(tmp_path / "bad.pt"), "--data", str(world)])
+    assert code == 1
+    line = _one_error_line(out)
+    assert f"{tmp_path / 'bad.pt'}: the checkpoint's preset.input.cameras is 5, expected tuple[str, ...]" in line

@@ -24,19 +24,16 @@ The input and output contract (B batch, N cameras; DESIGN section 5):
 from __future__ import annotations
 
 import json
-import math
-import types
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
 import numpy as np
 
 from perception.boxes import BoxCodec
 from perception.geometry import BEVGrid
-from perception.models.config import ModelConfig
-from perception.presets import GridConfig, InputConfig, Preset, TaskConfig, preset_from_dict, preset_to_dict
+from perception.presets import Preset, PresetError, is_json_of_type, preset_from_dict, preset_to_dict
 from perception.errors import BevStackError
 
 __all__ = ["FORMAT_VERSION", "INPUT_NAMES", "METADATA_KEY", "OUTPUT_NAMES", "PRECISIONS", "RIG_INPUTS",
@@ -158,12 +155,12 @@ class ModelMetadata:
             raise bad("precision", f"one of {', '.join(PRECISIONS)}")
         if not isinstance(body["checkpoint_sha256"], str):
             raise bad("checkpoint_sha256", "a hex digest")
-        if not _is_type(body["state_shape"], tuple[int, int, int]) or tuple(body["state_shape"]) != preset.state_shape:
+        if not is_json_of_type(body["state_shape"], tuple[int, int, int]) or tuple(body["state_shape"]) != preset.state_shape:
             raise bad("state_shape", f"the preset's {list(preset.state_shape)} (C, X, Y)")
-        if not _is_type(body["embedding_dim"], int) or body["embedding_dim"] != preset.model.embedding_dim:
+        if not is_json_of_type(body["embedding_dim"], int) or body["embedding_dim"] != preset.model.embedding_dim:
             raise bad("embedding_dim", f"the preset's {preset.model.embedding_dim}")
         static_batch = body.get("static_batch")
-        if static_batch is not None and not (_is_type(static_batch, int) and static_batch >= 1):
+        if static_batch is not None and not (is_json_of_type(static_batch, int) and static_batch >= 1):
             raise bad("static_batch", "null (any batch) or a batch size >= 1")
         exporter = body.get("exporter", {})
         if not isinstance(exporter, dict):
@@ -177,65 +174,19 @@ class ModelMetadata:
                    exporter=exporter, format_version=version)
 
 
-# The preset's sections and the dataclass each is read into.
-_PRESET_SECTIONS: dict[str, type] = {"input": InputConfig, "grid": GridConfig, "tasks": TaskConfig, "model": ModelConfig}
-
-
 def _short(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _is_type(value: Any, tp: Any) -> bool:
-    """Whether JSON ``value`` is of field type ``tp`` (int, finite float, bool, str, None, unions and
-    tuples of those; a tuple is a JSON list)."""
-    origin = get_origin(tp)
-    if origin is Union or origin is types.UnionType:
-        return any(_is_type(value, arg) for arg in get_args(tp))
-    if origin is tuple:
-        args = get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_is_type(v, args[0]) for v in value)
-        return len(value) == len(args) and all(_is_type(v, a) for v, a in zip(value, args))
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        try:
-            return math.isfinite(value)
-        except OverflowError:  # an int beyond the float range
-            return False
-    if tp is str:
-        return isinstance(value, str)
-    return False
-
-
 def _read_preset(data: Any, source: str | Path) -> Preset:
     """The preset of the metadata, every field of the type its dataclass declares, and valid."""
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-        raise MetadataError(f"{source}: the metadata's preset must be an object with a name and the sections "
-                            f"{', '.join(_PRESET_SECTIONS)}")
-    for section, config in _PRESET_SECTIONS.items():
-        values = data.get(section)
-        if not isinstance(values, dict):
-            raise MetadataError(f"{source}: the metadata's preset.{section} is {_short(values)}, expected an object")
-        hints = get_type_hints(config)
-        for f in fields(config):
-            if f.name in values and not _is_type(values[f.name], hints[f.name]):
-                raise MetadataError(f"{source}: the metadata's preset.{section}.{f.name} is {_short(values[f.name])}, "
-                                    f"expected {hints[f.name]}")
     try:
         preset = preset_from_dict(data)
         BoxCodec.from_preset(preset)  # the runtime's decoder of this preset's heads
-    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:  # missing or unknown fields, the preset's checks
-        raise MetadataError(f"{source}: the preset in the metadata is unreadable ({exc})") from None
+    except (PresetError, ValueError, ArithmeticError) as exc:
+        raise MetadataError(f"{source}: the metadata's {exc}" if isinstance(exc, PresetError)
+                            else f"{source}: the preset in the metadata is unreadable ({exc})") from None
     return preset
 
 

@@ -52,6 +52,7 @@ QUAT_TOLERANCE = 1e-3  # | |q| - 1 | allowed for stored rotations
 # What the reader expects of the fields it uses: a kind of FIELD_KINDS per table and field. Checked
 # column by column when the tables are read (sample_annotation's box fields: check_annotation_boxes).
 STR, INT, BOOL, TOKENS, VEC3, QUAT = "str", "int", "bool", "tokens", "vec3", "quat"
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1  # integers are read into int64 arrays
 _T = {"token": STR}
 FIELD_TYPES: dict[str, dict[str, str]] = {
     "attribute": {**_T, "name": STR},
@@ -71,7 +72,7 @@ FIELD_TYPES: dict[str, dict[str, str]] = {
     "sensor": {**_T, "channel": STR, "modality": STR},
     "visibility": {**_T, "level": STR},
 }
-EXPECTED = {STR: "a string", INT: "an integer", BOOL: "true or false", TOKENS: "a list of token strings",
+EXPECTED = {STR: "a string", INT: "a 64-bit integer", BOOL: "true or false", TOKENS: "a list of token strings",
             VEC3: "3 finite numbers (x, y, z)", QUAT: "4 finite numbers (w, x, y, z)"}
 # Fields that hold a file path relative to the dataset root; a path must stay under the root.
 PATH_FIELDS: dict[str, tuple[str, ...]] = {"map": ("filename",), "sample_data": ("filename",)}
@@ -221,20 +222,29 @@ def _check_fields(label: str, table: str, recs: list[Record]) -> None:
 
 def _is_kind(value: Any, kind: str) -> bool:
     """Whether one field value is of ``kind`` (the record-by-record twin of :func:`_column_is_kind`)."""
-    if kind in (STR, INT, BOOL):
-        return type(value) is {STR: str, INT: int, BOOL: bool}[kind]
+    if kind == INT:
+        return type(value) is int and INT64_MIN <= value <= INT64_MAX
+    if kind in (STR, BOOL):
+        return type(value) is {STR: str, BOOL: bool}[kind]
     if kind == TOKENS:
         return type(value) is list and all(type(v) is str for v in value)
     n = 3 if kind == VEC3 else 4
-    return (type(value) is list and len(value) == n and all(type(v) in (int, float) for v in value)
-            and all(math.isfinite(v) for v in value))
+    if not (type(value) is list and len(value) == n and all(type(v) in (int, float) for v in value)):
+        return False
+    try:
+        return all(math.isfinite(v) for v in value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _column_is_kind(recs: list[Record], field: str, kind: str) -> bool:
     """Whether ``field`` of every record is of ``kind``, with loops in C (tables hold millions of records)."""
     values = map(itemgetter(field), recs)
-    if kind in (STR, INT, BOOL):
-        return set(map(type, values)) <= {{STR: str, INT: int, BOOL: bool}[kind]}
+    if kind == INT:
+        column = list(values)
+        return set(map(type, column)) <= {int} and (not column or INT64_MIN <= min(column) <= max(column) <= INT64_MAX)
+    if kind in (STR, BOOL):
+        return set(map(type, values)) <= {{STR: str, BOOL: bool}[kind]}
     column = list(values)
     if not set(map(type, column)) <= {list}:
         return False
@@ -259,10 +269,15 @@ def _check_types(label: str, table: str, recs: list[Record]) -> None:
         i = next(i for i, r in enumerate(recs) if not _is_kind(r[field], kind))
         value, tok = recs[i][field], recs[i]["token"]
         who = f"record {tok!r}" if type(tok) is str else f"record #{i}"
-        found = repr(value)
-        found = found if len(found) <= 80 else found[:77] + "..."
+        found = _short(value)
         raise DatasetError(f"{label}: {who} field {field!r} must be {EXPECTED[kind]}, found {found} "
                            f"({type(value).__name__})")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a field may hold megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_paths(label: str, recs: list[Record], field: str) -> None:
@@ -308,20 +323,23 @@ def check_annotation_boxes(tables: Tables, recs: list[Record]) -> None:
             return None
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             return None
-        arr = np.asarray(value, dtype=np.float64)
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except OverflowError:  # an integer too large for a float
+            return None
         return arr if np.all(np.isfinite(arr)) else None
 
     for rec in recs:
         if numbers(rec.get("translation"), 3) is None:
             raise DatasetError(f"{tables.file('sample_annotation')}: record {rec['token']!r} translation "
-                               f"{rec.get('translation')!r} must be 3 finite numbers (x, y, z) in metres")
+                               f"{_short(rec.get('translation'))} must be 3 finite numbers (x, y, z) in metres")
         size = numbers(rec.get("size"), 3)
         if size is None or not np.all(size > 0):
             raise DatasetError(f"{tables.file('sample_annotation')}: record {rec['token']!r} size "
-                               f"{rec.get('size')!r} must be 3 positive numbers (w, l, h) in metres")
+                               f"{_short(rec.get('size'))} must be 3 positive numbers (w, l, h) in metres")
         if numbers(rec.get("rotation"), 4) is None:
             raise DatasetError(f"{tables.file('sample_annotation')}: record {rec['token']!r} rotation "
-                               f"{rec.get('rotation')!r} must be 4 finite numbers (w, x, y, z)")
+                               f"{_short(rec.get('rotation'))} must be 4 finite numbers (w, x, y, z)")
     check_unit_quaternions(tables, "sample_annotation", recs)
 
 
@@ -335,9 +353,13 @@ def _check_calibrated_sensors(tables: Tables) -> None:
             continue
         where = f"{tables.file('calibrated_sensor')}: record {rec['token']!r} ({sensor['channel']})"
         try:
-            K = np.asarray(rec["camera_intrinsic"], dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise DatasetError(f"{where}: camera_intrinsic is not a 3x3 matrix") from exc
+            rows = rec["camera_intrinsic"]
+            if not (type(rows) is list and all(type(r) is list and all(type(v) in (int, float) for v in r) for r in rows)):
+                raise TypeError("not a list of lists of numbers")
+            K = np.asarray(rows, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            raise DatasetError(f"{where}: camera_intrinsic must be a finite 3x3 matrix of numbers, got "
+                               f"{_short(rec['camera_intrinsic'])}") from None
         if K.shape != (3, 3) or not np.all(np.isfinite(K)):
             raise DatasetError(f"{where}: camera_intrinsic must be a finite 3x3 matrix, got {rec['camera_intrinsic']}")
         if not (K[0, 0] > 0 and K[1, 1] > 0):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..presets import Preset, preset_from_dict, preset_to_dict
+from ..presets import Preset, PresetError, preset_from_dict, preset_to_dict
 from perception.errors import BevStackError
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "load_model_from_checkpoint",
@@ -124,12 +124,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     for key in ("preset", "model"):
         if key not in state:
             raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
-    if not isinstance(state["preset"], dict):
-        raise CheckpointError(f"{path}: the checkpoint's preset is a {type(state['preset']).__name__}, not a dict")
     try:  # what every user of a checkpoint reads first
         preset_from_dict(state["preset"])
-    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
-        raise CheckpointError(f"{path}: the checkpoint's preset is unreadable ({type(exc).__name__}: {exc})") from None
+    except PresetError as exc:
+        raise CheckpointError(f"{path}: the checkpoint's {exc}") from None
     for key in ("model", "ema"):
         weights = state.get(key)
         if key == "ema" and weights is None:
