@@ -33,6 +33,7 @@ from typing import Any
 import perception
 from perception.data.schema import CATEGORY_TO_DETECTION, DETECTION_CLASSES, TABLES
 from perception.errors import BevStackError
+from perception.process import process_alive
 
 SYNTH_FORMAT = 1
 VERSION = "v1.0-synth"
@@ -153,21 +154,6 @@ def split_scenes(names: list[str]) -> dict[str, list[str]]:
 _progress: Any = None
 
 
-def _process_gone(pid: int) -> bool:
-    """Whether process ``pid`` has exited (a zombie counts as exited)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:].startswith(("Z", "X"))
-
-
 def _exit_with(pid: int) -> None:
     """Exit this process as soon as process ``pid`` exits.
 
@@ -190,7 +176,7 @@ def _exit_with(pid: int) -> None:
             while not poller.poll():
                 pass
         else:
-            while not _process_gone(pid):
+            while process_alive(pid):
                 time.sleep(0.2)
         os._exit(1)
 

@@ -68,6 +68,7 @@ from .labels import (
     validate_labels,
 )
 from perception.errors import BevStackError, one_line
+from perception.process import process_alive
 
 __all__ = ["MANIFEST", "IngestSummary", "VersionError", "diff_versions", "ingest", "resolve_version"]
 
@@ -403,21 +404,6 @@ def _ingest_lock(versions_dir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs (a zombie, killed but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
-
-
 def _remove_litter(cat: Catalog, versions_dir: Path, out: Path | None) -> list[str]:
     """Remove what killed ingests of this catalog left (call with the ingest lock held): temporary
     directories of dead writers, and version directories whose manifest names this catalog but which the
@@ -432,7 +418,7 @@ def _remove_litter(cat: Catalog, versions_dir: Path, out: Path | None) -> list[s
         for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
             m = TMP_PATTERN.fullmatch(entry.name)
             if (m and (only is None or m["name"] == only) and entry.is_dir() and not entry.is_symlink()
-                    and (int(m["pid"]) == os.getpid() or not _alive(int(m["pid"])))):
+                    and (int(m["pid"]) == os.getpid() or not process_alive(int(m["pid"])))):
                 found.append(entry)
     candidates = [e for e in sorted(versions_dir.iterdir()) if not e.name.startswith(".")] + ([out] if out else [])
     for entry in candidates:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..process import process_alive
 from ..presets import Preset, PresetError, preset_from_dict, preset_to_dict
 from perception.errors import BevStackError
 
@@ -87,21 +88,11 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     removed = []
     for tmp in Path(directory).glob(".*.tmp"):
         parts = tmp.name.rsplit(".", 3)
-        if len(parts) != 4 or not parts[1].isdigit() or _process_alive(int(parts[1])):
+        if len(parts) != 4 or not parts[1].isdigit() or process_alive(int(parts[1])):
             continue
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
