@@ -2,8 +2,8 @@
 ``python -m bench.faults``.
 
 Every job runs as a user would run it, as a command in its own process group. A kill is SIGKILL to
-the whole group (a power cut, not a polite stop) at a random moment of an uninterrupted run's
-duration; then the same command runs again and must finish with exactly what the uninterrupted run
+the whole group (a power cut, not a polite stop) at a random moment between 30 % and 98 % of an
+uninterrupted run's duration (before that the interpreter is mostly still starting); then the same command runs again and must finish with exactly what the uninterrupted run
 made: the same dataset bytes, bit-identical weights, the same picks and no score counted twice, one
 dataset version with the same tables and no litter, the same loop report.
 """
@@ -51,6 +51,7 @@ class Tally:
     """What one part of the sweep saw: trials, survivals, tracebacks and losses, with the reasons."""
 
     trials: int = 0
+    landed: int = 0  # kills that struck a running job (the others came after it had ended)
     survived: int = 0
     tracebacks: int = 0
     data_lost: int = 0
@@ -145,7 +146,7 @@ def prepare(root: Path, log: Callable[[str], None]) -> Workspace:
         return ws
     log("workspace: render a labeled world and an unlabeled pool, train and export a model, mine and label")
     must(synth_args(ws.labeled, 2, 3, 21))
-    must(synth_args(ws.pool, 4, 4, 22, "--unlabeled", "--first-scene", "2"))
+    must(synth_args(ws.pool, 6, 5, 22, "--unlabeled", "--first-scene", "2"))
     if not (root / "runs" / "model" / "last.pt").is_file():
         must(train_args(ws.labeled, root / "runs", "model", 2))
     must([*PERCEPTION, "export", "--checkpoint", str(root / "runs" / "model" / "last.pt"), "--out", str(root / "export"),
@@ -271,10 +272,11 @@ def sweep_target(t: Target, work: Path, kills: int, rng: random.Random, log: Cal
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
         t.setup(d)
-        at = rng.uniform(0.05, 0.95) * ref.seconds
+        at = rng.uniform(0.3, 0.98) * ref.seconds  # the first third is mostly the interpreter starting
         first, killed = run(t.command(d), kill_after=at)
         again, _ = run(t.rerun(d))
         tally.trials += 1
+        tally.landed += int(killed)
         tally.count(first, again)
         ok = again.code == 0 or t.may_refuse(d, again)
         tally.check(ok, f"{t.name} kill {i} at {at:.1f} s: the re-run failed: {again.stderr.strip()[-300:]}")

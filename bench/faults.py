@@ -56,13 +56,15 @@ def sweep(work: Path, kills: int, examples: int, seed: int = 0, loop_steps: int 
 
 
 def table(figures: dict) -> str:
-    lines = ["| part | trials | survived | tracebacks | data lost |", "|---|---:|---:|---:|---:|"]
+    lines = ["| part | trials | kills that struck a running job | survived | tracebacks | data lost |",
+             "|---|---:|---:|---:|---:|---:|"]
     parts = [(f"kill -9 `{k}`", v) for k, v in figures["kills"].items()]
     parts += [(k, v) for k, v in figures["concurrent"].items()]
     if isinstance(figures["full_disk"], dict):
         parts += [(f"full disk under `{k}`", v) for k, v in figures["full_disk"].items()]
     for name, v in parts:
-        lines.append(f"| {name} | {v['trials']} | {v['survived']} | {v['tracebacks']} | {v['data_lost']} |")
+        landed = v["landed"] if name.startswith("kill") else "n/a"
+        lines.append(f"| {name} | {v['trials']} | {landed} | {v['survived']} | {v['tracebacks']} | {v['data_lost']} |")
     lines += ["", "| reader | malformed inputs tried | tracebacks |", "|---|---:|---:|"]
     lines += [f"| {k} | {v['tried']} | {v['tracebacks']} |" for k, v in figures["inputs"].items()]
     lines += ["", f"tracebacks {figures['tracebacks']}, data lost {figures['data_lost']}, "

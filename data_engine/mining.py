@@ -29,7 +29,7 @@ import numpy as np
 
 from perception.data.nuscenes import DatasetError, NuScenesDataset, load_dataset
 
-from .catalog import Catalog, FrameResult, FrameRow
+from .catalog import Catalog, CatalogError, FrameResult, FrameRow
 from .selection import SelectionConfig, select
 from .strategies import (
     FrameOutput,
@@ -93,6 +93,25 @@ class MineSummary:
     failures: list[tuple[str, str]]  # (sample token, reason), first ones
     selected: int
     picks: list[dict[str, Any]]  # the first picks: frame, score, reasons
+
+
+def _finished(cat: Catalog, name: str, sha: str, cfg: MineConfig) -> MineSummary | None:
+    """The summary of run ``name`` when it already selected its frames with this model, these
+    strategies and this budget (running the same command again, after a kill that came just after the
+    selection, changes nothing); None otherwise (a new run, one to resume, or a clash start_run names)."""
+    try:
+        info = cat.run_info(name)
+    except CatalogError:
+        return None
+    if (info["status"] != "selected" or info["model_sha256"] != sha or info["strategies"] != list(cfg.strategies)
+            or info["budget"] != cfg.budget):
+        return None
+    counts = dict(cat.conn.execute("SELECT status, COUNT(*) FROM frame_results WHERE run_id = ? GROUP BY status",
+                                   (info["id"],)).fetchall())
+    picks = cat.selections(name)
+    first = [{"frame": p.frame.sample_token, "score": round(p.score, 4), "reasons": p.reasons} for p in picks[:5]]
+    return MineSummary(name, True, 0, len(cat.done_scenes(info["id"])), int(counts.get("scored", 0)),
+                       int(counts.get("failed", 0)), [], len(picks), first)
 
 
 # -- scoring one scene (in a worker) ----------------------------------------------------------------------
@@ -374,6 +393,10 @@ def mine(cfg: MineConfig, log: Callable[[str], None] = print) -> MineSummary:
             scenes += _reference_scenes(labeled, cfg.reference_frames)
         settings = {"target": target, "reference": reference, "batch": cfg.batch, "score_threshold": cfg.score_threshold,
                     "selection": asdict(cfg.selection), "plugins": [str(p) for p in cfg.plugins]}
+        finished = _finished(cat, name, sha, cfg)
+        if finished is not None:
+            log(f"mining run {name} is finished: its {finished.selected} picks stand (name a new run to mine again)")
+            return finished
         run_id, resumed = cat.start_run(name, str(cfg.model.resolve()), sha, cfg.strategies, cfg.budget, cfg.engine,
                                         settings)
         try:  # whatever ends the run early (a strategy, a worker, a full disk), it is not left running

@@ -87,8 +87,16 @@ def test_mine_scores_every_pool_frame_and_selects_with_reasons(world, tmp_path) 
     with Catalog.open(db) as cat:
         firsts = {f.sample_token for f in cat.query(dataset=str(world["pool"])) if f.frame_index == 0}
     assert all(scores[(t, "flicker")] == 0.0 for t in firsts)
-    # A finished run is not mined again under its name; status and query see the run.
+    # The same command again (after a kill just after the selection, say) changes nothing and says so;
+    # other settings under a finished run's name are refused. Status and query see the run.
+    with Catalog.open(db) as cat:
+        picked = [(p.frame.sample_token, p.rank) for p in cat.selections("r1")]
     code, out = _mine(world, db, "--strategy", STRATS, "--budget", "4", "--run", "r1")
+    assert code == 0 and f"is finished: its {len(picked)} picks stand" in out, out
+    with Catalog.open(db) as cat:
+        assert [(p.frame.sample_token, p.rank) for p in cat.selections("r1")] == picked
+    assert _scores(db, "r1") == scores
+    code, out = _mine(world, db, "--strategy", STRATS, "--budget", "5", "--run", "r1")
     assert code == 1 and "is finished" in out
     res = CliRunner().invoke(app, ["query", "--catalog", str(db), "--run", "r1", "--strategy", "random",
                                    "--min-score", "0.5", "--json"])
