@@ -32,7 +32,6 @@ rotations are orthonormal and proper apply to calibration read from disk, not to
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
 from typing import NamedTuple
 
 import albumentations as A
@@ -40,6 +39,7 @@ import cv2
 import numpy as np
 
 from perception.geometry import invert_transform, make_transform, rotz
+from perception.specs import AugmentConfig
 
 __all__ = [
     "AugmentConfig",
@@ -53,60 +53,6 @@ __all__ = [
     "drop_cameras",
     "sample_aug_T_ego",
 ]
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Every probability and range of the augmentation; ``enabled=False`` turns all of it off."""
-
-    enabled: bool = True  # master switch: False makes every function an identity (validation, export)
-    # Photometric, per camera (albumentations; pixels do not move).
-    brightness_contrast_p: float = 0.5  # RandomBrightnessContrast
-    brightness_limit: float = 0.2  # +- fraction of the max value
-    contrast_limit: float = 0.2  # +- contrast factor around 1
-    hue_saturation_p: float = 0.3  # HueSaturationValue
-    hue_shift_limit: float = 8.0  # +- hue shift
-    sat_shift_limit: float = 20.0  # +- saturation shift
-    val_shift_limit: float = 10.0  # +- value shift
-    gamma_p: float = 0.2  # RandomGamma
-    gamma_limit: tuple[float, float] = (80.0, 120.0)  # gamma x 100
-    noise_p: float = 0.2  # GaussNoise
-    noise_std_range: tuple[float, float] = (0.01, 0.04)  # noise std as a fraction of 255
-    blur_p: float = 0.1  # GaussianBlur (a symmetric kernel: content does not move)
-    blur_sigma_range: tuple[float, float] = (0.3, 1.2)  # px
-    jpeg_p: float = 0.2  # ImageCompression (JPEG artefacts)
-    jpeg_quality_range: tuple[int, int] = (40, 95)
-    # Geometric, per camera (albumentations; K follows).
-    scale_crop_p: float = 0.5  # one Affine warp: zoom about the centre, then shift the (H, W) crop window
-    scale_range: tuple[float, float] = (0.9, 1.1)  # zoom factor; (1, 1) for crop shifts only
-    crop_shift: tuple[float, float] = (0.05, 0.05)  # max |shift| of the window, fraction of (W, H); whole px
-    flip_p: float = 0.5  # HorizontalFlip (K gets a negative fx)
-    # BEV, per sample (moves the world: ego_T_cam, boxes, velocities, points).
-    bev_rotate_p: float = 1.0  # rotation about ego z
-    bev_rotate_deg: float = 22.5  # +- degrees
-    bev_scale_p: float = 1.0  # uniform scale of the world about the ego origin
-    bev_scale_range: tuple[float, float] = (0.95, 1.05)
-    bev_flip_p: float = 0.5  # y -> -y (a reflection)
-    # Camera dropout, per sample.
-    dropout_p: float = 0.1  # probability that some cameras are dropped from a sample
-    dropout_cameras: int = 1  # how many (never the last valid one)
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name.endswith("_p") and not 0.0 <= value <= 1.0:
-                raise ValueError(f"AugmentConfig.{f.name} is a probability, got {value}")
-            if f.name.endswith(("_range", "_limit")) and isinstance(value, tuple) and value[0] > value[1]:
-                raise ValueError(f"AugmentConfig.{f.name} must be (low, high), got {value}")
-        if self.scale_range[0] <= 0 or self.bev_scale_range[0] <= 0:
-            raise ValueError("AugmentConfig scale ranges must be > 0")
-        if self.dropout_cameras < 1:
-            raise ValueError(f"AugmentConfig.dropout_cameras must be >= 1, got {self.dropout_cameras}")
-
-    @classmethod
-    def identity(cls) -> AugmentConfig:
-        """Enabled, but every probability 0: switch single augmentations on with ``dataclasses.replace``."""
-        return replace(cls(), **{f.name: 0.0 for f in fields(cls) if f.name.endswith("_p")})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from perception.geometry import BEVGrid
+from perception.specs import NUM_REGRESSION, REGRESSION_CHANNELS
 
 if TYPE_CHECKING:
     from perception.presets import Preset
@@ -41,20 +42,6 @@ __all__ = [
     "sigmoid",
 ]
 
-# Channel order of the regression head, targets and losses (the model head and losses read this).
-REGRESSION_CHANNELS: tuple[str, ...] = (
-    "offset_row",  # cells, in [0, 1]: continuous row of the centre minus the row index of its cell
-    "offset_col",  # cells, in [0, 1]: continuous column of the centre minus the column index
-    "z",  # m, ego-frame height of the box centre
-    "log_w",  # log of the width (m)
-    "log_l",  # log of the length (m)
-    "log_h",  # log of the height (m)
-    "sin_yaw",  # sin(yaw)
-    "cos_yaw",  # cos(yaw)
-    "vx",  # m/s, ego frame (0 in targets where velocity_valid is False)
-    "vy",  # m/s
-)
-NUM_REGRESSION = len(REGRESSION_CHANNELS)
 # Channel groups, e.g. for per-group loss weights or masking velocity: name -> slice of channels.
 REGRESSION_SLICES: dict[str, slice] = {
     "offset": slice(0, 2),

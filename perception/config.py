@@ -27,12 +27,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .augment import AugmentConfig
-from .data.dataset import DatasetConfig
-from .models.backbone import BACKBONES
-from .models.config import ModelConfig
 from .presets import PRESETS, Preset, get_preset, with_backbone_normalization
-from .training.criterion import LossConfig
+from .specs import BACKBONE_NAMES, AugmentConfig, DatasetConfig, LossConfig, ModelConfig
 from perception.errors import BevStackError
 
 
@@ -268,8 +264,8 @@ def _build_section(section: str, base: Any, values: Mapping[str, Any], texts: di
             raise ConfigError(f"unknown key {dotted!r} (from {sources.get(dotted)}); "
                               f"valid keys of '{section}': {', '.join(valid)}")
         kwargs[key] = _coerce(value, hints[key], dotted, texts.get(dotted), sources)
-    if section == "model" and kwargs.get("backbone", base.backbone) not in BACKBONES:
-        raise ConfigError(f"model.backbone: unknown backbone {kwargs['backbone']!r}; known: {', '.join(BACKBONES)}")
+    if section == "model" and kwargs.get("backbone", base.backbone) not in BACKBONE_NAMES:
+        raise ConfigError(f"model.backbone: unknown backbone {kwargs['backbone']!r}; known: {', '.join(BACKBONE_NAMES)}")
     try:
         return replace(base, **kwargs)
     except (ValueError, TypeError) as e:  # the section's own validation: its message, named by section

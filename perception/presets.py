@@ -17,7 +17,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from .data.schema import CAMERA_NAMES, DETECTION_CLASSES
 from .errors import BevStackError
 from .geometry import BEVGrid
-from .models.config import ModelConfig
+from .specs import ModelConfig
 
 SEG_CLASSES: tuple[str, ...] = ("drivable_area", "lane_divider", "vehicle", "pedestrian")
 # nuScenes categories that count as "vehicle" and "pedestrian" in BEV segmentation (LSS / Simple-BEV):

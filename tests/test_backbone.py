@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from perception.models.backbone import build_backbone
+from perception.models.backbone import BACKBONES, build_backbone
 from perception.models.efficientnet_lite import (
     LITE0_MEAN,
     LITE0_STD,
@@ -116,3 +116,9 @@ def test_frozen_stages_keep_their_weights_and_statistics() -> None:
     backbone(torch.randn(2, 3, 96, 176) * 3)
     assert all(not m.training for f in frozen for m in f.modules())
     assert all(torch.equal(before[k], v) for k, v in backbone.stem.state_dict().items())  # BN stats unchanged
+
+
+def test_the_registry_builds_exactly_the_backbones_the_specs_name() -> None:
+    from perception.specs import BACKBONE_NAMES
+
+    assert sorted(BACKBONES) == sorted(BACKBONE_NAMES)

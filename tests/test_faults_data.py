@@ -4,7 +4,6 @@ the command lines' one-line reports of them."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path

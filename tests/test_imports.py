@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 EDGE_MODULES = ("perception", "perception.cli", "perception.geometry", "perception.boxes", "perception.preprocess",
                 "perception.presets", "perception.vis", "perception.data.nuscenes", "perception.metrics",
-                "perception.models.config", "export.runtime", "export.runtime.metadata", "export.runtime.edge_model",
+                "perception.specs", "perception.config", "export.runtime", "export.runtime.metadata", "export.runtime.edge_model",
                 "export.bench")
 
 
@@ -27,3 +28,48 @@ def test_edge_modules_import_with_torch_unimportable() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
+def test_an_experiment_config_parses_with_torch_unimportable() -> None:
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'torchvision', 'albumentations', 'scipy'):\n"
+        "    sys.modules[name] = None\n"
+        "from perception.config import ConfigError, load_config\n"
+        "cfg = load_config('configs/edge_cpu.yaml', ['model.backbone=resnet18', 'loss.seg_weight=2'])\n"
+        "assert cfg.model.backbone == 'resnet18' and cfg.loss.seg_weight == 2.0\n"
+        "try:\n"
+        "    load_config('configs/edge_cpu.yaml', ['model.backbone=vgg'])\n"
+        "except ConfigError as exc:\n"
+        "    assert 'model.backbone' in str(exc)\n"
+        "else:\n"
+        "    raise AssertionError('an unknown backbone was accepted')\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
+LINT_IMPORTS = str(Path(sys.executable).parent / "lint-imports")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_import_contracts_hold() -> None:
+    res = subprocess.run([LINT_IMPORTS], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "0 broken" in res.stdout
+
+
+def test_a_torch_import_in_the_edge_runtime_breaks_a_contract(tmp_path: Path) -> None:
+    import shutil
+
+    for package in ("perception", "export", "data_engine"):
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    metadata = tmp_path / "export" / "runtime" / "metadata.py"
+    metadata.write_text(metadata.read_text().replace("import numpy as np\n", "import numpy as np\nimport torch\n", 1))
+    res = subprocess.run([LINT_IMPORTS], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)})
+    assert res.returncode != 0
+    assert "export.runtime.metadata -> torch" in res.stdout, res.stdout[-3000:]

@@ -17,7 +17,8 @@ import torch
 from perception.boxes import NUM_REGRESSION, REGRESSION_SLICES, BoxCodec
 from perception.data.batch import MultiCamBatch
 from perception.geometry import BEVGrid
-from perception.models.depth_bins import DepthBins
+from perception.specs import DepthBins
+from perception.training.losses import depth_bin_index
 from perception.training.criterion import TASKS, Criterion, LossConfig, UncertaintyWeighting
 from perception.training.losses import (
     depth_cross_entropy,
@@ -237,15 +238,14 @@ def test_seg_pos_weight_scales_the_positive_term() -> None:
 
 def test_depth_bins_index_and_centres() -> None:
     assert BINS.step == 2.0 and BINS.centers == (2.0, 4.0, 6.0, 8.0, 10.0)
-    assert torch.equal(BINS.centers_tensor(), torch.tensor([2.0, 4.0, 6.0, 8.0, 10.0]))
     d = torch.tensor([0.0, 0.99, 1.0, 2.9, 3.0, 9.99, 10.99, 11.0, float("nan"), -2.0, float("inf")])
-    assert BINS.index(d).tolist() == [-1, -1, 0, 0, 1, 4, 4, -1, -1, -1, -1]
+    assert depth_bin_index(BINS, d).tolist() == [-1, -1, 0, 0, 1, 4, 4, -1, -1, -1, -1]
     # the bins' centres fall into their own bins
-    assert BINS.index(BINS.centers_tensor()).tolist() == list(range(BINS.count))
+    assert depth_bin_index(BINS, torch.tensor(BINS.centers)).tolist() == list(range(BINS.count))
     # bins reaching below 0 m still treat 0 (no lidar) and non-finite depths as no measurement
     low = DepthBins(0.5, 10.5, 6)
     assert low.lower < 0
-    assert low.index(torch.tensor([0.0, -0.0, -0.2, float("-inf"), 0.1])).tolist() == [-1, -1, -1, -1, 0]
+    assert depth_bin_index(low, torch.tensor([0.0, -0.0, -0.2, float("-inf"), 0.1])).tolist() == [-1, -1, -1, -1, 0]
     with pytest.raises(ValueError):
         DepthBins(5.0, 2.0, 10)
     with pytest.raises(ValueError):
@@ -271,7 +271,7 @@ def test_depth_loss_ignores_empty_pixels_and_invalid_cameras() -> None:
     logits = torch.randn(B, N, BINS.count, H // STRIDE, W // STRIDE, requires_grad=True)
     loss, n = depth_cross_entropy(logits, batch.depth, BINS, batch.cam_valid)
     loss.backward()
-    target = BINS.index(downsample_sparse_depth(batch.depth, STRIDE))  # [B, N, h, w]
+    target = depth_bin_index(BINS, downsample_sparse_depth(batch.depth, STRIDE))  # [B, N, h, w]
     target[~batch.cam_valid] = -1
     supervised = target >= 0
     assert n.item() == supervised.sum().item() > 0 and (~supervised).any()

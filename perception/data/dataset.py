@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..augment import AugmentConfig, apply_bev, augment_cameras, augment_ego_motion, drop_cameras, sample_aug_T_ego
+from ..specs import DatasetConfig
+from ..augment import apply_bev, augment_cameras, augment_ego_motion, drop_cameras, sample_aug_T_ego
 from ..boxes import BoxCodec
 from ..geometry import invert_rigid, invert_transform, project, transform_points
 from ..preprocess import ImageDecodeError, auto_reduce, load_camera
@@ -37,17 +37,6 @@ from .targets import read_lane_dividers, segmentation_targets
 class BadImageError(DatasetError):
     """A camera image is missing or cannot be decoded; the message names the file. Like every
     :class:`DatasetError`, it keeps its message when raised in a DataLoader worker process."""
-
-
-@dataclass(frozen=True)
-class DatasetConfig:
-    """How frames are read and turned into training examples."""
-
-    split: str | None = None  # a split of splits.json (e.g. synth_train); None: every scene
-    augment: AugmentConfig = AugmentConfig(enabled=False)  # geometry-true augmentation (training)
-    with_depth: bool = False  # also project the lidar into each camera as sparse depth targets
-    on_bad_image: str = "raise"  # "raise": error naming the file; "skip": warn and mark the camera invalid
-    max_gt_boxes: int = 256  # ground-truth boxes kept per frame for evaluation (padded)
 
 
 class MultiCamDataset(Dataset):

@@ -29,7 +29,7 @@ class LiftSplat(nn.Module):
         self.grid = grid
         self.D = cfg.depth_bins
         self.Cb = cfg.bev_channels
-        self.register_buffer("depths", cfg.depth.centers_tensor(dtype=torch.float32), persistent=False)
+        self.register_buffer("depths", torch.tensor(cfg.depth.centers, dtype=torch.float32), persistent=False)
         c = channels[0]
         self.head = nn.Sequential(
             nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),

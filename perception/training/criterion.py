@@ -26,16 +26,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from perception.boxes import NUM_REGRESSION, REGRESSION_SLICES
+from perception.boxes import REGRESSION_SLICES
+from perception.specs import NUM_REGRESSION, TASKS, DepthBins, LossConfig
 from perception.data.batch import MultiCamBatch
-from perception.models.depth_bins import DepthBins
 
 from .losses import (
     depth_cross_entropy,
@@ -48,53 +46,8 @@ from .losses import (
 
 __all__ = ["TASKS", "Criterion", "LossConfig", "UncertaintyWeighting"]
 
-TASKS: tuple[str, ...] = ("heatmap", "regression", "seg", "depth")
-
-# CenterPoint's code weights: 1 for every box channel, 0.2 for velocity (channels of REGRESSION_CHANNELS).
-_CENTERPOINT_CHANNEL_WEIGHTS: tuple[float, ...] = (1.0,) * 8 + (0.2, 0.2)
-
-
 if TYPE_CHECKING:
     from ..presets import Preset
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Loss terms and their weights. A task weight of 0 switches the task off (it is not computed)."""
-
-    weighting: Literal["fixed", "uncertainty"] = "fixed"  # fixed weights, or learned uncertainty weighting
-    heatmap_weight: float = 1.0  # focal heatmap loss
-    regression_weight: float = 0.25  # box regression L1 (CenterPoint's 0.25)
-    seg_weight: float = 1.0  # segmentation (BCE + dice)
-    depth_weight: float = 1.0  # depth cross-entropy, used only when the model returns depth_logits
-    focal_alpha: float = 2.0  # focal exponent on the prediction error
-    focal_beta: float = 4.0  # penalty reduction of negatives near centres: (1 - target)^beta
-    regression_channel_weights: tuple[float, ...] = _CENTERPOINT_CHANNEL_WEIGHTS  # one per REGRESSION_CHANNELS
-    seg_bce_weight: float = 1.0  # weight of BCE inside the seg task
-    seg_dice_weight: float = 1.0  # weight of dice inside the seg task
-    seg_pos_weight: float | tuple[float, ...] | None = None  # BCE positive weight, one value or one per seg class
-    dice_smooth: float = 1.0  # additive smoothing of the dice ratio (cells)
-    depth_stride: int | None = None  # image px per depth_logits px; None: inferred from the shapes
-    uncertainty_init: float = 0.0  # initial log-variance s_i of every task ("uncertainty" weighting)
-    sync_num_objects: bool = True  # under torch.distributed, normalise by the mean object count over ranks (DETR)
-
-    def __post_init__(self) -> None:
-        if self.weighting not in ("fixed", "uncertainty"):
-            raise ValueError(f"unknown weighting {self.weighting!r}; expected 'fixed' or 'uncertainty'")
-        if len(self.regression_channel_weights) != NUM_REGRESSION:
-            raise ValueError(f"regression_channel_weights needs {NUM_REGRESSION} values, "
-                             f"got {len(self.regression_channel_weights)}")
-        weights = (*self.task_weights().values(), self.seg_bce_weight, self.seg_dice_weight,
-                   *self.regression_channel_weights)
-        if any(w < 0 for w in weights):
-            raise ValueError("loss weights must be >= 0")
-        if self.depth_stride is not None and self.depth_stride < 1:
-            raise ValueError(f"depth_stride must be >= 1, got {self.depth_stride}")
-
-    def task_weights(self) -> dict[str, float]:
-        """Task name (:data:`TASKS`) -> fixed weight."""
-        return {"heatmap": self.heatmap_weight, "regression": self.regression_weight,
-                "seg": self.seg_weight, "depth": self.depth_weight}
 
 
 class UncertaintyWeighting(nn.Module):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from perception.boxes import REGRESSION_SLICES
-from perception.models.depth_bins import DepthBins
+from perception.specs import DepthBins
 
 __all__ = [
     "depth_cross_entropy",
@@ -208,6 +208,19 @@ def downsample_sparse_depth(depth: torch.Tensor, stride: int, out_hw: tuple[int,
         return torch.where(torch.isfinite(d), d, 0.0)
 
 
+def depth_bin_index(bins: DepthBins, depth: torch.Tensor) -> torch.Tensor:
+    """Bin index (int64, same shape) of each metric depth in ``depth`` (m, any shape).
+
+    -1 where the depth falls outside ``[bins.lower, bins.upper)``, is not finite, or is 0 (no
+    measurement), so the result can be used directly as a cross-entropy target with ``ignore_index=-1``.
+    """
+    d = depth.float()
+    valid = torch.isfinite(d) & (d > 0) & (d >= bins.lower) & (d < bins.upper)
+    # floor((d - lower) / step); clamp guards float rounding at the upper edge
+    k = torch.floor((torch.where(valid, d, torch.zeros_like(d)) - bins.lower) / bins.step).long()
+    return torch.where(valid, k.clamp(0, bins.count - 1), torch.full_like(k, -1))
+
+
 def depth_cross_entropy(
     depth_logits: torch.Tensor,
     depth: torch.Tensor,
@@ -220,7 +233,7 @@ def depth_cross_entropy(
     depth_logits [B, N, D, h, w] (D = ``bins.count``); depth [B, N, H, W] sparse lidar depth (m, 0 =
     none); cam_valid [B, N] bool (None: all valid). The lidar depth is reduced to (h, w) by
     :func:`downsample_sparse_depth` (stride inferred from the shapes unless given) and binned by
-    ``bins.index``; pixels without depth, with depth outside the bins, or of invalid cameras are
+    :func:`depth_bin_index`; pixels without depth, with depth outside the bins, or of invalid cameras are
     ignored. Returns (mean over the supervised pixels, their number as an int64 scalar).
     """
     B, N, D, h, w = depth_logits.shape
@@ -230,7 +243,7 @@ def depth_cross_entropy(
         raise ValueError(f"depth {tuple(depth.shape)} does not match depth_logits {tuple(depth_logits.shape)}")
     s = stride if stride is not None else infer_stride(tuple(depth.shape[2:]), (h, w))
     with float32_region(depth_logits):
-        target = bins.index(downsample_sparse_depth(depth, s, (h, w)))  # (B, N, h, w), -1 = ignore
+        target = depth_bin_index(bins, downsample_sparse_depth(depth, s, (h, w)))  # (B, N, h, w), -1 = ignore
         if cam_valid is not None:
             target = torch.where(cam_valid.bool()[:, :, None, None], target, -1)
         logits = depth_logits.float().transpose(1, 2)  # (B, D, N, h, w): classes on dim 1
