@@ -120,7 +120,7 @@ def _checkpoint() -> dict[str, Any]:
     """Every entry a training run saves; small stand-in weights and optimizer state."""
     import torch
 
-    from perception.training.checkpoint import CHECKPOINT_FORMAT
+    from perception.checkpoint import CHECKPOINT_FORMAT
 
     preset = get_preset(PRESET)
     weights = {"head.weight": torch.zeros(4, 3), "head.bias": torch.zeros(4)}

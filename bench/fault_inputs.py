@@ -14,7 +14,7 @@ that raised it. Readers:
     labels       a nuScenes-records label batch through ingest's checks (read, parse, validate)
     label_studio a Label Studio export through ingest's checks (read, review, validate)
     metadata     export.runtime.metadata.ModelMetadata.from_props, then what the edge runtime reads
-    checkpoint   perception.training.checkpoint.load_checkpoint, then the preset that every user reads
+    checkpoint   perception.checkpoint.load_checkpoint, then the preset that every user reads
 
 Writes bench/results/fault_inputs.json and prints a table.
 """
@@ -312,7 +312,7 @@ def fuzz_metadata(examples: int, workdir: Path) -> ReaderResult:
 def _read_checkpoint(path: Path, preset: dict[str, Any]) -> None:
     """Load the checkpoint, then what its users read before building a model: the preset
     (``load_model_from_checkpoint``) and its differences from the config's (resuming a run)."""
-    from perception.training.checkpoint import load_checkpoint, preset_differences, preset_from_dict
+    from perception.checkpoint import load_checkpoint, preset_differences, preset_from_dict
 
     state = load_checkpoint(path)
     preset_from_dict(state["preset"])

@@ -158,7 +158,7 @@ def _row_onnx(model_path: str, frames: BenchFrames, threads: int, runs: int, war
 def _row_torch(checkpoint: str, frames: BenchFrames, threads: int, runs: int, warmup: int) -> dict[str, Any]:
     import torch
 
-    from perception.training.checkpoint import load_model_from_checkpoint
+    from perception.checkpoint import load_model_from_checkpoint
 
     torch.set_num_threads(threads)
     model, preset, _ = load_model_from_checkpoint(checkpoint)

@@ -49,7 +49,7 @@ from perception.evaluate import (
 )
 from perception.geometry import make_transform
 from perception.presets import Preset, preset_to_dict
-from perception.training.checkpoint import load_model_from_checkpoint
+from perception.checkpoint import load_model_from_checkpoint
 from perception.errors import BevStackError
 
 __all__ = ["ExportError", "export_checkpoint", "parity_report", "run_edge", "summarize_eval"]

@@ -306,7 +306,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
              reset_state: bool = False, print_fn: Callable[[str], None] | None = print) -> dict[str, Any]:
     """`perception eval`: load the checkpoint and the dataset, evaluate ``split`` (default: the
     dataset's val split, or every scene), write the outputs to ``out`` (default runs/eval/<name>)."""
-    from .training.checkpoint import load_model_from_checkpoint
+    from .checkpoint import load_model_from_checkpoint
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():

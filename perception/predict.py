@@ -139,7 +139,7 @@ def predict(checkpoint: str | Path, data: str | Path, out: str | Path, scene: st
     from .data.dataset import DatasetConfig, MultiCamDataset
     from .data.nuscenes import load_dataset
     from .evaluate import decode_outputs, default_split, run_model
-    from .training.checkpoint import load_model_from_checkpoint
+    from .checkpoint import load_model_from_checkpoint
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():

@@ -48,7 +48,7 @@ def random_tiny_checkpoint(path, seed: int = 0):
     writes one: for export and mining tests that need a model, not a trained one. Returns (path, model)."""
     from perception.models.bev_model import build_model
     from perception.presets import preset_to_dict
-    from perception.training.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from perception.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
     preset = get_preset("tiny")
     torch.manual_seed(seed)

@@ -20,7 +20,7 @@ from perception.evaluate import EVAL_CONDITIONS, RARE_CLASSES, evaluate_model, r
 from perception.metrics.nuscenes_io import evaluate_split
 from perception.models.bev_model import build_model
 from perception.presets import get_preset
-from perception.training.checkpoint import (
+from perception.checkpoint import (
     CHECKPOINT_FORMAT,
     preset_to_dict,
     save_checkpoint,

@@ -333,7 +333,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from data_engine.synth import SynthConfig, synthesize
     from perception.models.bev_model import build_model
     from perception.presets import get_preset
-    from perception.training.checkpoint import CHECKPOINT_FORMAT, preset_to_dict, save_checkpoint
+    from perception.checkpoint import CHECKPOINT_FORMAT, preset_to_dict, save_checkpoint
 
     root = tmp_path_factory.mktemp("faults_cli")
     synthesize(SynthConfig(out=root / "data", scenes=2, frames=2, seed=5, width=352, height=198), progress=False)

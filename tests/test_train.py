@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from data_engine.synth import SynthConfig, synthesize
 from perception.cli import app
-from perception.training.checkpoint import load_checkpoint
+from perception.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -33,7 +33,7 @@ from ..data.sampler import ClipBatchSampler
 from ..models.bev_model import BEVModel, build_model
 from ..models.view_transformer import OFFSET_LR_SCALE
 from ..errors import BevStackError
-from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, preset_differences, preset_to_dict,
+from ..checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, preset_differences, preset_to_dict,
                          remove_stale_temporaries, save_checkpoint)
 from .criterion import Criterion
 

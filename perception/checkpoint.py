@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from ..process import process_alive
-from ..presets import Preset, PresetError, preset_from_dict, preset_to_dict
+from .process import process_alive
+from .presets import Preset, PresetError, preset_from_dict, preset_to_dict
 from perception.errors import BevStackError
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "load_model_from_checkpoint",
@@ -156,7 +156,7 @@ def load_model_from_checkpoint(path: str | Path, ema: bool = True) -> tuple[torc
 
     Returns (model, preset, the checkpoint dict).
     """
-    from ..models.bev_model import build_model
+    from .models.bev_model import build_model
 
     state = load_checkpoint(path)
     preset = preset_from_dict(state["preset"])
