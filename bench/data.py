@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from bench.machine import machine
 from data_engine.synth import SynthConfig, synthesize
-from perception.augment import AugmentConfig
+from perception.data.augment import AugmentConfig
 from perception.data.batch import collate_frames
 from perception.data.dataset import DatasetConfig, MultiCamDataset
 from perception.data.sampler import ClipBatchSampler

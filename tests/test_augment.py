@@ -1,4 +1,4 @@
-"""perception.augment: after every augmentation, 3D points reproject onto their markers.
+"""perception.data.augment: after every augmentation, 3D points reproject onto their markers.
 
 A synthetic scene (boxes and lidar-like points in the ego frame) is seen by the six cameras of
 ``nuscenes_like_rig`` at 1600x900: a Gaussian dot is drawn at the projection of every box corner and
@@ -17,7 +17,7 @@ import pytest
 from markers import draw_markers, find_markers, well_separated
 
 from data_engine.sim.rig import nuscenes_like_rig
-from perception.augment import (
+from perception.data.augment import (
     AugmentConfig,
     apply_bev,
     augment_bev,

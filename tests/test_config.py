@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from perception.augment import AugmentConfig
+from perception.data.augment import AugmentConfig
 from perception.config import (
     ConfigError,
     ExperimentConfig,

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data_engine.synth import SynthConfig, synthesize
-from perception.augment import AugmentConfig
+from perception.data.augment import AugmentConfig
 from perception.boxes import BoxCodec
 from perception.data.batch import MultiCamBatch, collate_frames
 from perception.data.dataset import BadImageError, DatasetConfig, FrameRef, MultiCamDataset

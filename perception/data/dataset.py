@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..specs import DatasetConfig
-from ..augment import apply_bev, augment_cameras, augment_ego_motion, drop_cameras, sample_aug_T_ego
+from .augment import apply_bev, augment_cameras, augment_ego_motion, drop_cameras, sample_aug_T_ego
 from ..boxes import BoxCodec
 from ..geometry import invert_rigid, invert_transform, project, transform_points
 from ..preprocess import ImageDecodeError, auto_reduce, load_camera
