@@ -19,13 +19,38 @@ from typing import Any, TypeVar
 
 import typer
 
-__all__ = ["BevStackError", "one_line", "report_errors", "ErrorReportingTyper"]
+__all__ = ["BevStackError", "DatasetError", "ErrorReportingTyper", "one_line", "report_errors", "worker_message"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 class BevStackError(ValueError):
     """Input the project cannot use; the message names the file, field or frame and what was expected."""
+
+
+class DatasetError(BevStackError):
+    """A dataset on disk is missing, malformed or inconsistent; the message names the file.
+
+    Raised in a DataLoader worker process, it reaches the main process with its own message: torch
+    re-raises it there as ``DatasetError(text)`` with ``text`` the worker's whole traceback, which
+    :func:`worker_message` reduces to the original message again.
+    """
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (worker_message(type(self), args[0]),)
+        super().__init__(*args)
+
+
+def worker_message(cls: type, text: str) -> str:
+    """The message of an error of class ``cls`` raised in a torch DataLoader worker, from the text torch
+    re-raises it with (a line "Caught C in DataLoader worker process 0.", then "Original Traceback ..."
+    ending with the line "module.C: message"); any other text unchanged."""
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return text
+    head = f"{cls.__module__}.{cls.__qualname__}: "
+    k = text.rfind(head)
+    return text[k + len(head):].rstrip("\n") if k >= 0 else text
 
 
 def one_line(exc: BaseException) -> str:

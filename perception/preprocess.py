@@ -45,7 +45,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from perception.data.nuscenes_tables import DatasetError
+from perception.errors import DatasetError
 
 __all__ = [
     "ImageDecodeError",
@@ -72,7 +72,7 @@ _JPEG_MAGIC = b"\xff\xd8"
 class ImageDecodeError(DatasetError):
     """An image is missing, empty, truncated or undecodable; the message names the file.
 
-    A :class:`~perception.data.nuscenes_tables.DatasetError` (hence a ``ValueError``), so the
+    A :class:`~perception.errors.DatasetError` (hence a ``ValueError``), so the
     training side catches it with the dataset's other errors.
     """
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from perception.data.schema import TABLES
-from perception.errors import BevStackError
+from perception.errors import DatasetError, worker_message  # noqa: F401  (re-exported: the readers' error)
 
 __all__ = ["DatasetError", "Record", "Tables", "find_version", "leaves_root", "read_json", "read_tables",
            "worker_message"]
@@ -76,31 +76,6 @@ EXPECTED = {STR: "a string", INT: "a 64-bit integer", BOOL: "true or false", TOK
             VEC3: "3 finite numbers (x, y, z)", QUAT: "4 finite numbers (w, x, y, z)"}
 # Fields that hold a file path relative to the dataset root; a path must stay under the root.
 PATH_FIELDS: dict[str, tuple[str, ...]] = {"map": ("filename",), "sample_data": ("filename",)}
-
-
-class DatasetError(BevStackError):
-    """A dataset on disk is missing, malformed or inconsistent; the message names the file.
-
-    Raised in a DataLoader worker process, it reaches the main process with its own message: torch
-    re-raises it there as ``DatasetError(text)`` with ``text`` the worker's whole traceback, which
-    :func:`worker_message` reduces to the original message again.
-    """
-
-    def __init__(self, *args: object) -> None:
-        if len(args) == 1 and isinstance(args[0], str):
-            args = (worker_message(type(self), args[0]),)
-        super().__init__(*args)
-
-
-def worker_message(cls: type, text: str) -> str:
-    """The message of an error of class ``cls`` raised in a torch DataLoader worker, from the text torch
-    re-raises it with (a line "Caught C in DataLoader worker process 0.", then "Original Traceback ..."
-    ending with the line "module.C: message"); any other text unchanged."""
-    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
-        return text
-    head = f"{cls.__module__}.{cls.__qualname__}: "
-    k = text.rfind(head)
-    return text[k + len(head):].rstrip("\n") if k >= 0 else text
 
 
 def find_version(root: Path, version: str | None) -> str:
