@@ -65,7 +65,7 @@ def pick_yield(model: Path, data: dict[str, Path], budget: int, seed: int) -> di
     from data_engine.mining import MineConfig, mine
     from data_engine.sim.oracle import label_samples
     from perception.data.nuscenes_tables import find_version, read_tables
-    from perception.data.schema import CATEGORY_TO_DETECTION
+    from perception.schema import CATEGORY_TO_DETECTION
 
     tables = read_tables(data["pool"], find_version(data["pool"], None))
     category = {c["token"]: CATEGORY_TO_DETECTION.get(c["name"]) for c in tables.records["category"]}

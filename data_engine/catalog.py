@@ -31,7 +31,7 @@ from typing import Any, Self
 import numpy as np
 
 from perception.data.nuscenes import NuScenesDataset, load_dataset
-from perception.data.schema import parse_conditions
+from perception.schema import parse_conditions
 from perception.errors import BevStackError
 
 __all__ = ["LABEL_STATES", "MIGRATIONS", "PREDICTION_KEYS", "SCHEMA_VERSION", "Catalog", "CatalogError", "FrameResult",

@@ -41,7 +41,7 @@ from perception.data.nuscenes_tables import (
     find_version,
     read_tables,
 )
-from perception.data.schema import CATEGORY_TO_DETECTION, DETECTION_CLASSES, VISIBILITY
+from perception.schema import CATEGORY_TO_DETECTION, DETECTION_CLASSES, VISIBILITY
 from perception.metrics.nuscenes_io import boxes_to_global
 
 from .catalog import Catalog, CatalogError, FrameRow

@@ -46,7 +46,7 @@ from perception.data.nuscenes import (
     load_dataset,
     read_image,
 )
-from perception.data.schema import DETECTION_CLASSES
+from perception.schema import DETECTION_CLASSES
 from perception.geometry import box_image_bounds
 from perception.metrics.detection_boxes import EvalBoxes, attributes_from_velocity
 from perception.metrics.nuscenes_io import results_json

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from perception.boxes import DecodedBoxes, heatmap_peaks
-from perception.data.schema import DETECTION_CLASSES
+from perception.schema import DETECTION_CLASSES
 from perception.geometry import BEVGrid, invert_rigid, transform_points
 from perception.errors import BevStackError
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import perception
-from perception.data.schema import CATEGORY_TO_DETECTION, DETECTION_CLASSES, TABLES
+from perception.schema import CATEGORY_TO_DETECTION, DETECTION_CLASSES, TABLES
 from perception.errors import BevStackError
 from perception.process import process_alive
 
@@ -95,7 +95,7 @@ class SynthConfig:
         if self.first_scene < 0:
             problems.append(f"--first-scene must be >= 0, got {self.first_scene}")
         if self.quotas is not None:
-            from perception.data.schema import CONDITIONS
+            from perception.schema import CONDITIONS
 
             bad = sorted(set(self.quotas) - set(CONDITIONS))
             if bad:
@@ -202,7 +202,7 @@ def scene_indices(cfg: SynthConfig) -> list[int]:
     """The world's scene indices ``cfg`` renders, in order (see ``SynthConfig.quotas``)."""
     if cfg.quotas is None:
         return list(range(cfg.first_scene, cfg.first_scene + cfg.scenes))
-    from perception.data.schema import parse_conditions
+    from perception.schema import parse_conditions
 
     from .sim.world import scene_spec
 

@@ -50,7 +50,7 @@ from perception.data.nuscenes_tables import (
     find_version,
     read_tables,
 )
-from perception.data.schema import CATEGORY_TO_DETECTION, DETECTION_CLASSES, TABLES
+from perception.schema import CATEGORY_TO_DETECTION, DETECTION_CLASSES, TABLES
 from perception.data.targets import lane_divider_path
 from perception.geometry import quat_to_rotation
 

@@ -32,7 +32,7 @@ from .data.batch import MultiCamBatch, collate_frames
 from .data.dataset import DatasetConfig, MultiCamDataset
 from .data.nuscenes import NuScenesDataset, load_dataset
 from .data.sampler import ClipBatchSampler
-from .data.schema import parse_conditions
+from .schema import parse_conditions
 from .metrics import (
     BEVIoU,
     DetectionConfig,

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from .boxes import DecodedBoxes
-from .data.schema import DETECTION_CLASSES
+from .schema import DETECTION_CLASSES
 from .device import select_device
 from .geometry import BEVGrid, invert_3x3
 from .vis import BEVView, BoxLayer, compose_sample_view, draw_bev, draw_boxes_on_image

@@ -14,7 +14,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from .data.schema import CAMERA_NAMES, DETECTION_CLASSES
+from .schema import CAMERA_NAMES, DETECTION_CLASSES
 from .errors import BevStackError
 from .geometry import BEVGrid
 from .specs import ModelConfig

@@ -17,7 +17,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from perception.data.schema import DETECTION_CLASSES
+from perception.schema import DETECTION_CLASSES
 from perception.geometry import (
     BOX_EDGES,
     box_corners,

@@ -27,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from perception.data.schema import ATTRIBUTES, CATEGORY_DESCRIPTIONS, VISIBILITY
+from perception.schema import ATTRIBUTES, CATEGORY_DESCRIPTIONS, VISIBILITY
 from perception.geometry import camera_rotation_from_yaw_pitch, rotation_to_quat
 
 VERSION = "v1.0-fixture"

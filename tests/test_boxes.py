@@ -20,7 +20,7 @@ from perception.boxes import (
     gather_regression,
     gaussian_radius,
 )
-from perception.data.schema import DETECTION_CLASSES
+from perception.schema import DETECTION_CLASSES
 from perception.geometry import BEVGrid
 from perception.presets import PRESETS, get_preset
 

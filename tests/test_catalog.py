@@ -13,7 +13,7 @@ from data_engine.catalog import SCHEMA_VERSION, Catalog, CatalogError
 from data_engine.cli import app
 from data_engine.synth import SynthConfig, synthesize
 from perception.data.nuscenes import load_dataset
-from perception.data.schema import parse_conditions
+from perception.schema import parse_conditions
 
 
 @pytest.fixture(scope="module")

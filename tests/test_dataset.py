@@ -18,7 +18,7 @@ from perception.data.batch import MultiCamBatch, collate_frames
 from perception.data.dataset import BadImageError, DatasetConfig, FrameRef, MultiCamDataset
 from perception.data.nuscenes import load_dataset
 from perception.data.sampler import ClipBatchSampler
-from perception.data.schema import DETECTION_CLASSES
+from perception.schema import DETECTION_CLASSES
 from perception.geometry import invert_rigid, transform_points
 from perception.presets import SEG_CLASSES, get_preset
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perception.data.schema import CAMERA_NAMES, DETECTION_CLASSES
+from perception.schema import CAMERA_NAMES, DETECTION_CLASSES
 from perception.geometry import box_corners, project, transform_points
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,7 +44,7 @@ SPLIT = "synth_val"
 def _seed_with_every_class_in_val(scenes: int = 5, frames: int = 4) -> int:
     from data_engine.sim.rig import nuscenes_like_rig
     from data_engine.sim.world import KEYFRAME_DT, SceneWorld, scene_spec
-    from perception.data.schema import CATEGORY_TO_DETECTION
+    from perception.schema import CATEGORY_TO_DETECTION
 
     rig = nuscenes_like_rig(64, 36)
     for seed in range(200):

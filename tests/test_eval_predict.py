@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from data_engine.synth import SynthConfig, synthesize
 from perception.cli import app
 from perception.data.nuscenes import load_dataset
-from perception.data.schema import ATTRIBUTES, DETECTION_CLASSES
+from perception.schema import ATTRIBUTES, DETECTION_CLASSES
 from perception.evaluate import EVAL_CONDITIONS, RARE_CLASSES, evaluate_model, run_model
 from perception.metrics.nuscenes_io import evaluate_split
 from perception.models.bev_model import build_model

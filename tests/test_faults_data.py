@@ -107,7 +107,7 @@ def test_a_version_link_never_lands_outside_the_version_through_a_linked_directo
     """A table path naming a directory ("samples") links that directory into the version; the files
     after it must not be written through that link into the original dataset."""
     from data_engine.versions import VersionError, _write_version
-    from perception.data.schema import TABLES
+    from perception.schema import TABLES
 
     original = tmp_path / "original"
     (original / "samples").mkdir(parents=True)

@@ -27,7 +27,7 @@ from data_engine.synth import SynthConfig, synthesize
 from data_engine.versions import diff_versions, ingest
 from perception.data.nuscenes import load_dataset
 from perception.data.nuscenes_tables import find_version, read_tables
-from perception.data.schema import CATEGORY_TO_DETECTION, DETECTION_CLASSES
+from perception.schema import CATEGORY_TO_DETECTION, DETECTION_CLASSES
 from perception.geometry import (
     invert_rigid,
     quat_to_rotation,

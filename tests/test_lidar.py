@@ -10,7 +10,7 @@ import pytest
 from data_engine.sim import lidar, meshes
 from data_engine.sim.rig import nuscenes_like_rig
 from data_engine.sim.world import FrameCapture, SceneWorld, scene_spec
-from perception.data.schema import CATEGORY_TO_DETECTION
+from perception.schema import CATEGORY_TO_DETECTION
 from perception.geometry import invert_rigid, points_in_boxes, project, transform_points
 
 # Two scenes that between them put every detection class but the trailer's close to the ego at t = 0

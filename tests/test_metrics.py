@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perception.data.schema import DETECTION_CLASSES
+from perception.schema import DETECTION_CLASSES
 from perception.geometry import BEVGrid
 from perception.metrics import (
     BEVIoU,

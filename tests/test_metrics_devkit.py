@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perception.data.schema import ATTRIBUTES, DETECTION_CLASSES
+from perception.schema import ATTRIBUTES, DETECTION_CLASSES
 from perception.metrics import DetectionConfig, EvalBoxes, range_capped
 from perception.metrics.nuscenes_io import evaluate_split, ground_truth, results_json, split_samples
 

@@ -32,7 +32,7 @@ from perception.data.nuscenes import (
     load_lidar_points,
     read_image,
 )
-from perception.data.schema import CAMERA_NAMES, DETECTION_CLASSES
+from perception.schema import CAMERA_NAMES, DETECTION_CLASSES
 from perception.geometry import points_in_boxes, project, transform_points
 
 

@@ -19,7 +19,7 @@ from data_engine.strategies import (
     make_strategy,
 )
 from perception.boxes import DecodedBoxes
-from perception.data.schema import DETECTION_CLASSES
+from perception.schema import DETECTION_CLASSES
 from perception.geometry import BEVGrid, make_transform, rotz
 from perception.metrics.detection_boxes import EvalBoxes
 

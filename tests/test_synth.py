@@ -21,7 +21,7 @@ from data_engine.sim.oracle import label_samples, render_instance_masks
 from data_engine.sim.world import scene_spec
 from data_engine.synth import SynthConfig, synthesize
 from perception.data.nuscenes import load_dataset, load_lidar_points
-from perception.data.schema import CAMERA_NAMES, TABLES
+from perception.schema import CAMERA_NAMES, TABLES
 from perception.geometry import box_corners, invert_rigid, points_in_boxes, transform_points
 
 SMALL = dict(scenes=2, frames=3, seed=3, width=192, height=108)

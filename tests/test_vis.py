@@ -11,7 +11,7 @@ from nuscenes_fixture import Truth, write_nuscenes_fixture
 from typer.testing import CliRunner
 
 from data_engine.cli import app
-from perception.data.schema import DETECTION_CLASSES
+from perception.schema import DETECTION_CLASSES
 from perception.geometry import camera_rotation_from_yaw_pitch, invert_rigid, make_transform
 from perception.vis import (
     CLASS_COLORS,

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from perception.data.schema import (
+from perception.schema import (
     ATTRIBUTES,
     CAMERA_NAMES,
     CATEGORY_DESCRIPTIONS,

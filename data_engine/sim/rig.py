@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perception.data.schema import CAMERA_NAMES, LIDAR_NAME
+from perception.schema import CAMERA_NAMES, LIDAR_NAME
 from perception.geometry import camera_rotation_from_yaw_pitch, make_transform, rotz
 
 # name -> (x, y, z mounting position in the ego frame [m], heading [deg, +left], pitch [deg, +down],

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perception.data.schema import CAMERA_NAMES, visibility_token
+from perception.schema import CAMERA_NAMES, visibility_token
 from perception.geometry import invert_intrinsics, invert_rigid, make_transform, rotz
 
 from . import effects, lidar

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from perception.data.schema import CATEGORY_TO_DETECTION, DETECTION_CLASSES
+from perception.schema import CATEGORY_TO_DETECTION, DETECTION_CLASSES
 from perception.geometry import quat_to_rotation, transform_points, transform_vectors, yaw_from_rotation
 
 __all__ = ["Box3D", "BoxSet", "annotation_velocities"]

@@ -30,7 +30,7 @@ from ..presets import Preset
 from .batch import FrameItem, FrameRef, collate_frames  # noqa: F401  (re-exported for DataLoader users)
 from .nuscenes import DatasetError, NuScenesDataset, Sample, load_dataset, load_lidar_points
 from .sensor_files import MapMask
-from .schema import DETECTION_CLASSES
+from ..schema import DETECTION_CLASSES
 from .targets import read_lane_dividers, segmentation_targets
 
 

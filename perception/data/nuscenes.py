@@ -35,7 +35,7 @@ from perception.data.nuscenes_tables import (
 )
 from perception.data.records import CameraFrame, LidarFrame, Sample, Scene
 from perception.data.sensor_files import MapMask, load_lidar_points, read_image, read_map_mask
-from perception.data.schema import CAMERA_NAMES, LIDAR_NAME
+from perception.schema import CAMERA_NAMES, LIDAR_NAME
 from perception.geometry import invert_rigid, make_transform, quat_to_rotation
 
 __all__ = [

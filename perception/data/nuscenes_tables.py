@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from perception.data.schema import TABLES
+from perception.schema import TABLES
 from perception.errors import DatasetError, worker_message  # noqa: F401  (re-exported: the readers' error)
 
 __all__ = ["DatasetError", "Record", "Tables", "find_version", "leaves_root", "read_json", "read_tables",

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from perception.data.schema import ATTRIBUTES, DETECTION_CLASSES
+from perception.schema import ATTRIBUTES, DETECTION_CLASSES
 
 if TYPE_CHECKING:
     from perception.boxes import DecodedBoxes
@@ -72,7 +72,7 @@ class EvalBoxes:
     size: np.ndarray  # [N, 3] (w, l, h) m, all > 0
     yaw: np.ndarray  # [N] rad about +z
     velocity: np.ndarray  # [N, 2] (vx, vy) m/s, NaN where unknown
-    names: tuple[str, ...]  # [N] detection classes (perception.data.schema.DETECTION_CLASSES)
+    names: tuple[str, ...]  # [N] detection classes (perception.schema.DETECTION_CLASSES)
     attributes: tuple[str, ...]  # [N] nuScenes attribute name, '' for none
     score: np.ndarray  # [N] detection confidence of predictions; -1 for ground truth
     num_pts: np.ndarray  # [N] lidar + radar points inside a ground-truth box; -1 (unknown) for predictions
