@@ -262,9 +262,7 @@ def _labeled_train_frames(data: Path) -> int:
 def _mine_label_ingest(cfg: LoopConfig, arm: Arm, db: Path, model: Path, rnd: int, seed: int, out_dir: Path,
                        log: Callable[[str], None]) -> Path:
     """Mine the round's picks, write the queue, label them with the oracle and ingest a new version."""
-    from typer.testing import CliRunner
-
-    from .cli import app
+    from .labels import label_frames
     from .mining import MineConfig, mine
     from .relabel_queue import write_queue
     from .selection import SelectionConfig
@@ -292,10 +290,11 @@ def _mine_label_ingest(cfg: LoopConfig, arm: Arm, db: Path, model: Path, rnd: in
         write_queue(db, run, queue)
     labels = out_dir / "labels.json"
     if not labels.is_file():
-        res = CliRunner().invoke(app, ["label", "--catalog", str(db), "--oracle", "sim", "--run", run,
-                                       "--out", str(labels)])
-        if res.exit_code != 0:
-            raise LoopError(f"labeling round {rnd} of {arm.name}: {res.output.strip()}")
+        try:
+            with Catalog.open(db, create=False) as cat:
+                label_frames(cat, labels, oracle="sim", state="queued", run=run)
+        except BevStackError as exc:
+            raise LoopError(f"labeling round {rnd} of {arm.name}: {exc}") from None
     log(f"ingest {labels.name} -> version {version}")
     with Catalog.open(db) as cat:
         summary = ingest(cat, labels, name=version)

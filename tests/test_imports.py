@@ -73,3 +73,15 @@ def test_a_torch_import_in_the_edge_runtime_breaks_a_contract(tmp_path: Path) ->
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)})
     assert res.returncode != 0
     assert "export.runtime.metadata -> torch" in res.stdout, res.stdout[-3000:]
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    import grimp
+
+    graph = grimp.build_graph("perception", "export", "data_engine", exclude_type_checking_imports=True)
+    cycles = []
+    for module in sorted(graph.modules):
+        for other in graph.find_modules_directly_imported_by(module):
+            if other != module and graph.chain_exists(importer=other, imported=module):
+                cycles.append(f"{module} <-> {other}")
+    assert not cycles, cycles
