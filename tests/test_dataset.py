@@ -188,3 +188,20 @@ def test_no_depth_supervision_from_invalid_cameras(world: Path, tmp_path: Path) 
         item = ds[0]
     k = TINY.input.cameras.index("CAM_FRONT")
     assert not item.cam_valid[k] and item.depth[k].max() == 0 and item.depth.max() > 0
+
+
+def test_every_dataset_key_of_an_experiment_reaches_the_training_and_validation_data(world: Path) -> None:
+    from perception.config import load_config, resolve
+    from perception.training.trainer import train_dataset, val_dataset
+
+    cfg = load_config(None, ["preset=tiny", f"train.data={world}", "train.train_split=synth_train",
+                             "train.val_split=synth_val", "dataset.max_gt_boxes=3", "dataset.with_depth=true",
+                             "dataset.on_bad_image=skip"])
+    preset = resolve(cfg)
+    train, val = train_dataset(cfg, preset), val_dataset(cfg, preset, load_dataset(world))
+    for ds in (train, val):
+        assert (ds.config.max_gt_boxes, ds.config.with_depth, ds.config.on_bad_image) == (3, True, "skip")
+        item = ds[0]
+        assert item.gt_boxes.shape[0] == 3 and item.depth is not None
+    assert train.config.augment == cfg.augment and not val.config.augment.enabled
+    assert (train.config.split, val.config.split) == ("synth_train", "synth_val")

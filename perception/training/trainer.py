@@ -8,7 +8,7 @@ logging (metrics.csv, TensorBoard, a progress bar, rank 0 only) and periodic val
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -28,14 +28,13 @@ from torch.utils.data import DataLoader, Sampler
 from ..config import ExperimentConfig, dump_yaml, resolve, to_dict
 from ..device import select_device
 from ..data.batch import FrameRef, MultiCamBatch, collate_frames
-from ..data.dataset import DatasetConfig, MultiCamDataset
+from ..data.dataset import MultiCamDataset
 from ..data.sampler import ClipBatchSampler
 from ..models.bev_model import BEVModel, build_model
 from ..models.view_transformer import OFFSET_LR_SCALE
-from ..errors import BevStackError
-from ..checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, preset_differences, preset_to_dict,
-                         remove_stale_temporaries, save_checkpoint)
+from ..checkpoint import CHECKPOINT_FORMAT, preset_to_dict, remove_stale_temporaries, save_checkpoint
 from .criterion import Criterion
+from .run_dir import TrainError, append_csv, load_resumable, refuse_existing_run, truncate_csv
 
 
 @dataclass
@@ -58,30 +57,6 @@ def setup_distributed() -> Dist:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend)
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-class TrainError(BevStackError):
-    """A training run that cannot start as asked; the message says what to do instead."""
-
-
-def refuse_existing_run(run_dir: Path) -> None:
-    """Raise :class:`TrainError` when ``run_dir`` holds a checkpoint: a new run must not replace it.
-    The logs of an attempt that died before its first checkpoint are started over."""
-    found = [name for name in ("last.pt", "best.pt") if (run_dir / name).exists()]
-    if found:
-        raise TrainError(f"{run_dir} already holds a run ({', '.join(found)}): pass --resume to continue it, or "
-                         f"name a new run with train.name=NAME")
-
-
-def load_resumable(path: Path, preset: Any) -> dict[str, Any]:
-    """The checkpoint to resume from, checked against the model the config now builds."""
-    ckpt = load_checkpoint(path)
-    changed = preset_differences(ckpt["preset"], preset_to_dict(preset))
-    if changed:
-        raise CheckpointError(f"{path}: the config builds another model than the run trained ({'; '.join(changed[:4])}"
-                              f"{'; ...' if len(changed) > 4 else ''}): resume with the run's own config.yaml, or "
-                              "start a new run with train.name=NAME")
-    return ckpt
 
 
 class SkipBatches(Sampler[list[FrameRef]]):
@@ -134,6 +109,19 @@ def param_groups(model: nn.Module, criterion: nn.Module, lr: float, weight_decay
             for (scale, decay), params in groups.items() if params]
 
 
+def train_dataset(cfg: ExperimentConfig, preset: Any) -> MultiCamDataset:
+    """The training split as every ``dataset.*`` key says, augmented; with lidar depth targets when
+    the lift-splat's depth loss needs them (or ``dataset.with_depth`` asks)."""
+    spec = cfg.dataset_config(train=True)
+    needs_depth = preset.model.view_transform == "lift_splat" and cfg.loss.depth_weight > 0
+    return MultiCamDataset(cfg.train.data, preset, dataclasses.replace(spec, with_depth=spec.with_depth or needs_depth))
+
+
+def val_dataset(cfg: ExperimentConfig, preset: Any, reader: Any) -> MultiCamDataset:
+    """The validation split of the training data's ``reader``, as every ``dataset.*`` key says, not augmented."""
+    return MultiCamDataset(reader, preset, cfg.dataset_config(train=False))
+
+
 def model_inputs(batch: MultiCamBatch, state: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"images": batch.images, "K": batch.K, "ego_T_cam": batch.ego_T_cam, "cam_valid": batch.cam_valid,
             "prev_state": state, "prev_T_curr": batch.prev_T_curr, "dt": batch.dt}
@@ -156,10 +144,7 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
     log = (lambda msg: print(msg, flush=True)) if d.main else (lambda msg: None)
 
     # Data: clips of consecutive frames, shared out between ranks.
-    with_depth = preset.model.view_transform == "lift_splat" and cfg.loss.depth_weight > 0
-    dataset = MultiCamDataset(tc.data, preset, DatasetConfig(split=tc.train_split, augment=cfg.augment,
-                                                             with_depth=with_depth,
-                                                             on_bad_image=cfg.dataset.on_bad_image))
+    dataset = train_dataset(cfg, preset)
     sampler = ClipBatchSampler(dataset.clips(), tc.batch_size, tc.clip_length, shuffle=True, seed=tc.seed,
                                drop_last=True, rank=d.rank, world_size=d.world)
     if len(sampler) == 0:
@@ -205,7 +190,7 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
         state = ckpt["video_state"][d.rank].to(device)
         torch.set_rng_state(ckpt["rng_torch"])
         if d.main:
-            _truncate_csv(run_dir / "metrics.csv", step)  # rows logged after the checkpoint are redone
+            truncate_csv(run_dir / "metrics.csv", step)  # rows logged after the checkpoint are redone
         log(f"resumed {run_dir / 'last.pt'} at step {step} (epoch {epoch}, batch {position})")
 
     def save(name: str) -> None:
@@ -234,12 +219,12 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
 
         net = ema.module if ema is not None else raw
         net.eval()
-        report = evaluate_model(net, preset, dataset.reader, tc.val_split, device=device, print_fn=None,
+        report = evaluate_model(net, preset, val_dataset(cfg, preset, dataset.reader), device=device, print_fn=None,
                                 out=run_dir / "val" / f"step{at:06d}")
         det = report["detection"]
         row = {"step": at, "mAP": det["mean_ap"], "NDS": det["nd_score"],
                **{f"iou_{k}": v for k, v in report["bev_iou"].items()}}
-        _append_csv(run_dir / "val_metrics.csv", row)
+        append_csv(run_dir / "val_metrics.csv", row)
         if writer is not None:
             for k, v in row.items():
                 if k != "step" and v == v:  # skip NaN
@@ -293,7 +278,7 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
                 row = {"step": step, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                        "data_wait_fraction": wait_total / max(step_total, 1e-9),
                        **{k: float(v) for k, v in logs.items()}}
-                _append_csv(metrics_file, row)
+                append_csv(metrics_file, row)
                 if writer is not None:
                     for k, v in row.items():
                         if k != "step":
@@ -352,30 +337,6 @@ def _any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t)
     return bool(t.item() > 0)
-
-
-def _append_csv(path: Path, row: dict[str, float]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow(row)
-
-
-def _truncate_csv(path: Path, last_step: int) -> None:
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    kept = [r for r in rows if int(r["step"]) <= last_step]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        if kept:
-            w = csv.DictWriter(f, fieldnames=list(kept[0]))
-            w.writeheader()
-            w.writerows(kept)
-    os.replace(tmp, path)
 
 
 def _tensorboard(run_dir: Path) -> Any:
