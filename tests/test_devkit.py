@@ -28,8 +28,7 @@ import pytest
 from perception.schema import CAMERA_NAMES, DETECTION_CLASSES
 from perception.geometry import box_corners, project, transform_points
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from devkit_env import devkit_environ, ensure_devkit_python  # noqa: E402
+from devkit_env import devkit_environ, ensure_devkit_python
 
 pytestmark = pytest.mark.slow
 

@@ -3,16 +3,11 @@ refused with a project error (or an OS error), one line on the command line, nev
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # bench/ holds scripts, not an installed package
-    sys.path.insert(0, str(ROOT))
-
-from bench.fault_inputs import READERS, fuzz_all  # noqa: E402
+from bench.fault_inputs import READERS, fuzz_all
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -320,7 +318,6 @@ def test_attributes_from_velocity():
 
 
 def test_results_json_round_trip_and_ground_truth_scores_one(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from nuscenes_fixture import write_nuscenes_fixture
 
     from perception.data.nuscenes import load_dataset

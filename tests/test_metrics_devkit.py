@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,9 +28,8 @@ from perception.schema import ATTRIBUTES, DETECTION_CLASSES
 from perception.metrics import DetectionConfig, EvalBoxes, range_capped
 from perception.metrics.nuscenes_io import evaluate_split, ground_truth, results_json, split_samples
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from devkit_env import devkit_environ, ensure_devkit_python  # noqa: E402
-from test_devkit import render_devkit_world  # noqa: E402  (the dataset of the devkit test)
+from devkit_env import devkit_environ, ensure_devkit_python
+from test_devkit import render_devkit_world  # the dataset of the devkit test
 
 pytestmark = pytest.mark.slow
 
