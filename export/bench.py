@@ -33,7 +33,7 @@ import numpy as np
 from export.rig import ring_rig
 from export.runtime.edge_model import Camera, EdgeModel, prepare_cameras
 from export.runtime.metadata import ModelMetadata
-from perception.boxes import BoxCodec, sigmoid
+from perception.boxes import BoxCodec
 from perception.geometry import (
     invert_3x3,
     make_transform,
@@ -179,7 +179,7 @@ def _row_torch(checkpoint: str, frames: BenchFrames, threads: int, runs: int, wa
                         torch.from_numpy(prepared.ego_T_cam[None]), torch.from_numpy(prepared.cam_valid[None]),
                         state["s"], torch.from_numpy(prev_T_curr[None].astype(np.float32)), torch.tensor([dt]))
         t1 = time.perf_counter()
-        codec.decode_batch(sigmoid(out["heatmap"].numpy()), out["regression"].numpy())
+        codec.decode_logits(out)
         t2 = time.perf_counter()
         state.update(s=out["state"], pose=pose, t=t)
         return {**prepared.timings_ms, "inference": 1e3 * (t1 - t0), "decode": 1e3 * (t2 - t1)}

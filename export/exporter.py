@@ -36,7 +36,7 @@ from export.precision import (
 from export.rig import ring_rig
 from export.runtime import EdgeModel, ModelMetadata
 from export.runtime.metadata import OUTPUT_NAMES, PRECISIONS
-from perception.boxes import BoxCodec, DecodedBoxes, sigmoid
+from perception.boxes import BoxCodec, DecodedBoxes
 from perception.data.batch import MultiCamBatch, collate_frames
 from perception.data.dataset import DatasetConfig, MultiCamDataset
 from perception.data.nuscenes import NuScenesDataset, load_dataset
@@ -174,10 +174,8 @@ def parity_report(model: torch.nn.Module, edge: EdgeModel, clip: Sequence[dict[s
             diffs[n].append(np.abs(got[n] - r).ravel())
             scale[n] = max(scale[n], float(np.abs(r).max()))
         # Every peak above the score threshold, uncapped: a cap would cut among near-equal scores.
-        ref_boxes = codec.decode_batch(sigmoid(ref["heatmap"].numpy()), ref["regression"].numpy(),
-                                       edge.score_threshold, max_detections=1 << 20)
-        got_boxes = codec.decode_batch(sigmoid(got["heatmap"]), got["regression"], edge.score_threshold,
-                                       max_detections=1 << 20)
+        ref_boxes = codec.decode_logits(ref, edge.score_threshold, max_detections=1 << 20)
+        got_boxes = codec.decode_logits(got, edge.score_threshold, max_detections=1 << 20)
         for a, b in zip(ref_boxes, got_boxes):
             n_ref += len(a)
             n_got += len(b)

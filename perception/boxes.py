@@ -16,7 +16,7 @@ target is the 10 channels of :data:`REGRESSION_CHANNELS`, read back at the same 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -303,6 +303,14 @@ class BoxCodec:
         return self._decode_peaks(
             heatmap, regression, peaks, score_threshold, max_detections, nms_radius, nms_class_agnostic
         )
+
+    def decode_logits(self, outputs: Mapping[str, Any], score_threshold: float = 0.1,
+                      max_detections: int = 500) -> list[DecodedBoxes]:
+        """Boxes (ego frame) of each frame of a batch of model outputs: ``outputs["heatmap"]`` logits
+        [B, C, X, Y] and ``outputs["regression"]`` [B, 10, X, Y], numpy arrays or CPU tensors. The one
+        place a model's logits become boxes: evaluation, prediction, export parity, the runtime, benches."""
+        heatmap = sigmoid(np.asarray(outputs["heatmap"], dtype=np.float32))
+        return self.decode_batch(heatmap, np.asarray(outputs["regression"]), score_threshold, max_detections)
 
     def decode_batch(
         self,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .boxes import BoxCodec, DecodedBoxes, sigmoid
+from .boxes import BoxCodec, sigmoid
 from .data.batch import MultiCamBatch, collate_frames
 from .data.dataset import DatasetConfig, MultiCamDataset
 from .data.nuscenes import NuScenesDataset, load_dataset
@@ -47,7 +47,7 @@ from .presets import Preset
 from .device import select_device
 from perception.errors import BevStackError
 
-__all__ = ["EVAL_CONDITIONS", "RARE_CLASSES", "EvalError", "decode_outputs", "default_split", "eval_dataset", "evaluate",
+__all__ = ["EVAL_CONDITIONS", "RARE_CLASSES", "EvalError", "default_split", "eval_dataset", "evaluate",
            "evaluate_model", "evaluate_outputs", "nan_to_none", "run_model"]
 
 EVAL_CONDITIONS: tuple[str, ...] = ("day", "dusk", "night", "rain", "fog")  # reported per condition
@@ -103,12 +103,6 @@ def run_model(model: torch.nn.Module, dataset: MultiCamDataset, clips: list[list
     finally:
         model.train(was_training)
 
-
-def decode_outputs(codec: BoxCodec, out: Mapping[str, Any], score_threshold: float = 0.1,
-                   max_detections: int = 500) -> list[DecodedBoxes]:
-    """Boxes (ego frame) of each frame of a batch of model outputs (numpy arrays or CPU tensors)."""
-    heat = sigmoid(np.asarray(out["heatmap"]))
-    return codec.decode_batch(heat, np.asarray(out["regression"]), score_threshold, max_detections)
 
 
 def nan_to_none(x: Any) -> Any:
@@ -182,7 +176,7 @@ def evaluate_outputs(preset: Preset, dataset: MultiCamDataset,
     predictions: dict[str, EvalBoxes] = {}
 
     for batch, outputs in pairs:
-        decoded = decode_outputs(codec, outputs, score_threshold, configs["full"].max_boxes_per_sample)
+        decoded = codec.decode_logits(outputs, score_threshold, configs["full"].max_boxes_per_sample)
         seg_prob = sigmoid(np.asarray(outputs["seg"]))
         seg_gt, seg_valid = batch.seg.numpy(), batch.seg_valid.numpy()
         for b, boxes in enumerate(decoded):

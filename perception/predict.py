@@ -138,7 +138,7 @@ def predict(checkpoint: str | Path, data: str | Path, out: str | Path, scene: st
 
     from .data.dataset import DatasetConfig, MultiCamDataset
     from .data.nuscenes import load_dataset
-    from .evaluate import decode_outputs, default_split, run_model
+    from .evaluate import default_split, run_model
     from .checkpoint import load_model_from_checkpoint
 
     checkpoint = Path(checkpoint)
@@ -171,7 +171,7 @@ def predict(checkpoint: str | Path, data: str | Path, out: str | Path, scene: st
     video_path = out / f"{chosen.name}.mp4"
     try:
         for batch, outputs in run_model(model, dataset, [clip], 1, dev):
-            decoded = decode_outputs(dataset.codec, outputs, score_threshold)[0]
+            decoded = dataset.codec.decode_logits(outputs, score_threshold)[0]
             sample = reader.samples[int(batch.sample_index[0])]
             picture = render_frame(reader, sample, preset, decoded, torch.sigmoid(outputs["seg"][0]).numpy(),
                                    batch.seg[0].numpy(), batch.seg_valid[0].numpy(), batch.gt_boxes[0].numpy(),

@@ -306,3 +306,20 @@ def test_optional_circle_nms():
     per_class = codec.decode(heat, reg, nms_radius=[1.0] + [5.0] * 9, nms_class_agnostic=True)
     np.testing.assert_allclose(per_class.score, [0.9, 0.8, 0.6], rtol=1e-6)  # the kept box's radius applies
     assert len(codec.decode(heat, reg, nms_radius=2.0, max_detections=1)) == 1
+
+
+def test_decode_logits_is_decode_batch_of_the_sigmoid_for_arrays_and_tensors() -> None:
+    import torch
+
+    codec = BoxCodec.from_preset(get_preset("tiny"))
+    rng = np.random.default_rng(3)
+    X, Y = codec.grid.shape
+    logits = rng.normal(-3.0, 2.0, (2, codec.num_classes, X, Y)).astype(np.float32)
+    reg = rng.normal(0.0, 0.5, (2, 10, X, Y)).astype(np.float32)
+    expected = codec.decode_batch(1.0 / (1.0 + np.exp(-logits)), reg, 0.3, 50)
+    for out in ({"heatmap": logits, "regression": reg},
+                {"heatmap": torch.from_numpy(logits), "regression": torch.from_numpy(reg)}):
+        got = codec.decode_logits(out, 0.3, 50)
+        assert len(got) == 2 and sum(len(b) for b in got) > 0
+        for a, b in zip(got, expected):
+            assert len(a) == len(b) and np.allclose(a.center, b.center) and np.allclose(a.score, b.score, atol=1e-6)

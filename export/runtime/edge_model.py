@@ -341,8 +341,7 @@ class EdgeModel:
 
     def decode(self, outputs: Mapping[str, np.ndarray]) -> list[DecodedBoxes]:
         """Boxes of each frame of a batch of outputs (the shared codec's decoding)."""
-        return self.codec.decode_batch(sigmoid(outputs["heatmap"]), outputs["regression"], self.score_threshold,
-                                       self.max_detections)
+        return self.codec.decode_logits(outputs, self.score_threshold, self.max_detections)
 
     # -- streams with their video state ---------------------------------------------------------------
     def reset(self) -> None:
