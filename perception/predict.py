@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -24,6 +25,12 @@ from .device import select_device
 from .geometry import BEVGrid, invert_3x3
 from .vis import BEVView, BoxLayer, compose_sample_view, draw_bev, draw_boxes_on_image
 from perception.errors import BevStackError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .data.nuscenes import NuScenesDataset
+    from .presets import Preset
 
 __all__ = ["SEG_COLORS", "PredictError", "PredictOutput", "bev_panel", "predict", "seg_overlay"]
 
@@ -133,20 +140,31 @@ def predict(checkpoint: str | Path, data: str | Path, out: str | Path, scene: st
             device: str | None = None, tile_width: int = 480, fps: float = 2.0) -> PredictOutput:
     """Write one PNG per frame of ``scene`` (default: the first scene of the val split, else of the
     dataset) to ``out``, and with ``video`` an MP4 of those frames (the first ``max_frames``; all by
-    default). The model runs over the frames in order with the video state carried."""
-    import torch
-
-    from .data.dataset import DatasetConfig, MultiCamDataset
-    from .data.nuscenes import load_dataset
-    from .evaluate import default_split, run_model
+    default), with the model a checkpoint holds (see :func:`predict_model`)."""
     from .checkpoint import load_model_from_checkpoint
+    from .data.nuscenes import load_dataset
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise PredictError(f"{checkpoint}: checkpoint file missing")
+    reader = load_dataset(data)
+    model, preset, _ = load_model_from_checkpoint(checkpoint)
+    return predict_model(model, preset, reader, out, scene, video=video, max_frames=max_frames,
+                         score_threshold=score_threshold, device=device, tile_width=tile_width, fps=fps)
+
+
+def predict_model(model: torch.nn.Module, preset: Preset, reader: NuScenesDataset, out: str | Path, scene: str | None = None, *,
+                  video: bool = False, max_frames: int | None = None, score_threshold: float = 0.3,
+                  device: str | None = None, tile_width: int = 480, fps: float = 2.0) -> PredictOutput:
+    """:func:`predict` with a model in memory (training's validation draws with it): the model runs
+    over the frames of ``scene`` of ``reader`` in order, with the video state carried."""
+    import torch
+
+    from .data.dataset import DatasetConfig, MultiCamDataset
+    from .evaluate import default_split, run_model
+
     if max_frames is not None and max_frames < 1:
         raise PredictError(f"--max-frames must be >= 1, got {max_frames}")
-    reader = load_dataset(data)
     if scene is None:
         split = default_split(reader)
         chosen = reader.scenes_of_split(split)[0] if split else reader.scenes[0]
@@ -157,7 +175,6 @@ def predict(checkpoint: str | Path, data: str | Path, out: str | Path, scene: st
             raise PredictError(f"{reader.root}: unknown scene {scene!r} (scenes: {', '.join(names[:10])}"
                                f"{', ...' if len(names) > 10 else ''})")
         chosen = found[0]
-    model, preset, _ = load_model_from_checkpoint(checkpoint)
     dev = select_device(device)
     model.to(dev)
     dataset = MultiCamDataset(reader, preset, DatasetConfig(split=None))

@@ -215,7 +215,7 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
         if not d.main:
             return -math.inf
         from ..evaluate import evaluate_model
-        from ..predict import predict
+        from ..predict import predict_model
 
         net = ema.module if ema is not None else raw
         net.eval()
@@ -230,7 +230,8 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
                 if k != "step" and v == v:  # skip NaN
                     writer.add_scalar(f"val/{k}", v, at)
         if tc.vis_every and at % tc.vis_every == 0:
-            predict(run_dir / "last.pt", tc.data, run_dir / "vis" / f"step{at:06d}", max_frames=2, device=str(device))
+            predict_model(net, preset, dataset.reader, run_dir / "vis" / f"step{at:06d}", max_frames=2,
+                          device=str(device))
         log(f"val step {at}: mAP {det['mean_ap']:.4f} NDS {det['nd_score']:.4f} "
             + " ".join(f"IoU {k} {v:.3f}" for k, v in report["bev_iou"].items() if v == v))
         return float(det["nd_score"]) if det["nd_score"] == det["nd_score"] else -1.0
@@ -286,12 +287,9 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
                 log(f"step {step}/{tc.steps} loss {row['total']:.4f} lr {row['lr']:.2e} "
                     f"data wait {100 * row['data_wait_fraction']:.1f} %")
             stop_now = _any_rank(stop.requested, d, device)
-            saved = (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps or stop_now
-            if saved:
+            if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps or stop_now:
                 save("last.pt")
             if tc.val_split and ((tc.val_every and step % tc.val_every == 0) or step == tc.steps) and not stop_now:
-                if not saved:
-                    save("last.pt")
                 score = validate(step)
                 if _any_rank(d.main and score > best, d, device):
                     best = max(best, score)
