@@ -31,18 +31,11 @@ import onnxruntime as ort
 
 from perception.boxes import BoxCodec, DecodedBoxes, sigmoid
 from perception.geometry import invert_rigid
-from perception.preprocess import (
-    ImageDecodeError,
-    auto_reduce,
-    check_size,
-    decode_affine,
-    decode_image,
-    preprocess_hwc,
-    to_chw,
-)
+from perception.errors import BevStackError
+from perception.preprocess import (ImageDecodeError, auto_reduce, check_size, decode_affine, decode_image, preprocess_hwc,
+                                   to_chw)
 
 from .metadata import OUTPUT_NAMES, MetadataError, ModelMetadata
-from perception.errors import BevStackError
 
 __all__ = ["Camera", "EdgeModel", "EdgeResult", "PreparedFrame", "RuntimeInputError", "StreamState", "default_providers",
            "prepare_cameras"]
