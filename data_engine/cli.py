@@ -454,7 +454,7 @@ def loop(
         report = run_loop(cfg, log=typer.echo)
     except LoopError as exc:
         raise _fail(str(exc)) from None
-    from data_engine.loop import format_report
+    from data_engine.loop_report import format_report
 
     typer.echo(format_report(report))
     typer.echo(f"wrote {Path(cfg.out) / 'loop_report.json'}, loop_report.md and learning_curves.png")

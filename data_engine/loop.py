@@ -30,13 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog, CatalogError
+from .loop_report import format_report, plot_curves, summarize
 from perception.errors import BevStackError
 
 __all__ = ["Arm", "LoopConfig", "LoopError", "evaluate_round", "load_loop_config", "run_loop", "train_round"]
 
-# The metrics of a round, read from `perception eval`'s report: name -> how to find it.
-HEADLINE = ("mAP", "NDS", "vehicle_iou", "ap_construction_vehicle", "ap_trailer", "mAP_night", "mAP_fog",
-            "vehicle_iou_night", "vehicle_iou_fog")
 
 
 class LoopError(BevStackError):
@@ -101,9 +99,9 @@ class LoopConfig:
     def validate_mining(self) -> None:
         """The arms' strategies (loading the plugins), the engine and the selection settings, so that a
         mistake stops the loop before round 0 trains rather than after."""
-        from .mining import ENGINES
+        from .mining import ENGINES, make_strategies
         from .selection import SelectionConfig
-        from .strategies import STRATEGIES, StrategyError, load_plugins, make_strategy
+        from .strategies import StrategyError, load_plugins
 
         if self.engine not in ENGINES:
             raise LoopError(f"engine: expected one of {', '.join(ENGINES)}, got {self.engine!r}")
@@ -122,18 +120,13 @@ class LoopConfig:
         for arm in self.arms:
             if not arm.strategies:
                 raise LoopError(f"arms: {arm.name}: name at least one strategy")
-            for spec in arm.strategies:
-                name = spec.strip().partition(":")[0]
-                if name not in STRATEGIES:
-                    raise LoopError(f"arms: {arm.name}: unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}"
-                                    " (add your own with a file listed under plugins)")
-                try:
-                    strategy = make_strategy(spec)
-                except StrategyError as exc:
-                    raise LoopError(f"arms: {arm.name}: {exc}") from None
-                if strategy.target != "unlabeled":
-                    raise LoopError(f"arms: {arm.name}: strategy {spec} ranks labeled frames (label QA); a loop arm "
-                                    "picks frames of the unlabeled pool")
+            try:
+                strategies = make_strategies(arm.strategies)
+            except StrategyError as exc:
+                raise LoopError(f"arms: {arm.name}: {exc}") from None
+            if strategies[0].target != "unlabeled":
+                raise LoopError(f"arms: {arm.name}: {', '.join(arm.strategies)} ranks labeled frames (label QA); a "
+                                "loop arm picks frames of the unlabeled pool")
 
 
 def load_loop_config(path: str | Path, overrides: dict[str, Any] | None = None, check_paths: bool = True) -> LoopConfig:
@@ -354,76 +347,6 @@ def run_loop(cfg: LoopConfig, log: Callable[[str], None] = print) -> dict[str, A
     (out / "loop_report.md").write_text(format_report(report))
     plot_curves(rows, out / "learning_curves.png")
     return report
-
-
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per arm and round: labeled frames and each headline metric's mean and spread over seeds."""
-    import numpy as np
-
-    out: dict[str, Any] = {}
-    for arm in dict.fromkeys(r["arm"] for r in rows):
-        out[arm] = []
-        for rnd in sorted({r["round"] for r in rows if r["arm"] == arm}):
-            group = [r for r in rows if r["arm"] == arm and r["round"] == rnd]
-            entry: dict[str, Any] = {"round": rnd, "seeds": len(group),
-                                     "labeled_frames": float(np.mean([r["labeled_frames"] for r in group]))}
-            for m in HEADLINE:
-                vals = [r[m] for r in group if r.get(m) is not None]
-                entry[m] = {"mean": float(np.mean(vals)), "std": float(np.std(vals))} if vals else None
-            out[arm].append(entry)
-    return out
-
-
-def format_report(report: dict[str, Any]) -> str:
-    c = report["config"]
-    intro = (f"{len(c['seeds'])} seed(s), {c['rounds']} rounds of {c['budget']} frames, "
-             f"{c['steps']} training steps per round.")
-    lines = ["# Loop report", "", intro, ""]
-    cols = ("mAP", "NDS", "vehicle_iou", "ap_construction_vehicle", "ap_trailer", "mAP_night", "mAP_fog")
-    lines.append("| arm | round | labeled frames | " + " | ".join(cols) + " |")
-    lines.append("|---|---:|---:|" + "---:|" * len(cols))
-    for arm, entries in report["summary"].items():
-        for e in entries:
-            cells = []
-            for c in cols:
-                v = e.get(c)
-                cells.append("n/a" if v is None else (f"{v['mean']:.4f}" + (f" ± {v['std']:.4f}" if e["seeds"] > 1 else "")))
-            lines.append(f"| {arm} | {e['round']} | {e['labeled_frames']:.0f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_curves(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = HEADLINE[:8]) -> Path:
-    """Metric against labeled frames, one panel per metric (four per row), one line per arm (mean over
-    seeds, spread shaded)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = summarize(rows)
-    ncols = min(4, len(metrics))
-    nrows = -(-len(metrics) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
-    for ax, m in zip(axes.flat, metrics):
-        for arm, entries in summary.items():
-            pts = [(e["labeled_frames"], e[m]["mean"], e[m]["std"]) for e in entries if e.get(m)]
-            if not pts:
-                continue
-            x, y, s = (list(v) for v in zip(*pts))
-            ax.plot(x, y, marker="o", label=arm, linestyle="--" if arm == "random" else "-")
-            if any(s):
-                ax.fill_between(x, [a - b for a, b in zip(y, s)], [a + b for a, b in zip(y, s)], alpha=0.2)
-        ax.set_xlabel("labeled frames")
-        ax.set_title(m)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.set_visible(False)
-    axes.flat[0].legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _yaml(cfg: LoopConfig) -> str:

@@ -130,6 +130,18 @@ def default_run_name(model_sha: str, strategies: Sequence[str], budget: int) -> 
     return f"mine-{model_sha[:8]}-{key}"
 
 
+def make_strategies(specs: Sequence[str], plugins: Sequence[str | Path] = ()) -> list[Strategy]:
+    """The strategies of one run, after loading the plugin files that register more: all rank the
+    unlabeled pool or all rank labeled frames (label QA). :class:`StrategyError` names what is wrong."""
+    load_plugins(plugins)
+    strategies = [make_strategy(s) for s in specs]
+    if len({s.target for s in strategies}) > 1:
+        qa = [s.name for s in strategies if s.target == "labeled"]
+        raise StrategyError(f"{', '.join(qa)} rank labeled frames (label QA) and the others rank unlabeled ones; "
+                            "mine them in separate runs")
+    return strategies
+
+
 def _check(cfg: MineConfig) -> list[Strategy]:
     if not cfg.model.is_file():
         raise MineError(f"{cfg.model}: model file missing (export one with `perception export`)")
@@ -141,13 +153,7 @@ def _check(cfg: MineConfig) -> list[Strategy]:
         raise MineError(f"--workers must be >= 0 and --batch >= 1, got {cfg.workers} and {cfg.batch}")
     if not cfg.strategies:
         raise MineError("name at least one strategy with --strategy")
-    load_plugins(cfg.plugins)
-    strategies = [make_strategy(s) for s in cfg.strategies]
-    targets = {s.target for s in strategies}
-    if len(targets) > 1:
-        qa = [s.name for s in strategies if s.target == "labeled"]
-        raise MineError(f"{', '.join(qa)} rank labeled frames (label QA) and the others rank unlabeled ones; "
-                        "mine them in separate runs")
+    strategies = make_strategies(cfg.strategies, cfg.plugins)
     unknown = set(cfg.selection.weights) - {s.name for s in strategies}
     if unknown:
         raise MineError(f"--weights names {sorted(unknown)}, which are not among the strategies {cfg.strategies}")
