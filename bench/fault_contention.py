@@ -37,11 +37,16 @@ def _parallel(*cmds: list[str]) -> list[Outcome]:
     return outs
 
 
+def _fresh_copy(src: Path, dst: Path) -> Path:
+    """``dst``, a fresh copy of the directory ``src`` (a catalog and what lies beside it)."""
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    return dst
+
+
 def concurrent_mines(ws: Workspace, work: Path) -> Tally:
     tally = Tally(trials=1)
-    d = work / "two_mines"
-    shutil.rmtree(d, ignore_errors=True)
-    shutil.copytree(ws.catalog_dir, d)
+    d = _fresh_copy(ws.catalog_dir, work / "two_mines")
     db = d / "catalog.db"
     a, b = _parallel(mine_args(ws.model, db, "m1", "det_entropy", 2), mine_args(ws.model, db, "m2", "random", 2))
     tally.count(a, b)
@@ -60,9 +65,7 @@ def concurrent_mines(ws: Workspace, work: Path) -> Tally:
 def concurrent_ingests(ws: Workspace, work: Path) -> Tally:
     """Two label batches of disjoint frames ingested at once into one catalog."""
     tally = Tally(trials=1)
-    d = work / "two_ingests"
-    shutil.rmtree(d, ignore_errors=True)
-    shutil.copytree(ws.catalog_dir, d)
+    d = _fresh_copy(ws.catalog_dir, work / "two_ingests")
     db = d / "catalog.db"
     for run_name, strategy in (("a", "det_entropy"), ("b", "random")):
         must(mine_args(ws.model, db, run_name, strategy, 2))
@@ -130,9 +133,7 @@ def full_disks(ws: Workspace, work: Path) -> dict[str, Tally]:
         t.survived = int(t.check(again.code == 0, f"train after freeing space: {again.stderr[-300:]}") and ok)
 
     t = out.setdefault("ingest", Tally(trials=1))
-    d = work / "disk_ingest"
-    shutil.rmtree(d, ignore_errors=True)
-    shutil.copytree(ws.mined_dir, d)
+    d = _fresh_copy(ws.mined_dir, work / "disk_ingest")
     db = d / "catalog.db"
     before = _catalog_rows(db, "SELECT label_state, COUNT(*) FROM frames GROUP BY 1 ORDER BY 1")
     with tmpfs(d / "disk", 16 << 10) as disk:
