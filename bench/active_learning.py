@@ -44,7 +44,7 @@ W, H = 352, 198
 
 
 def worlds(root: Path, pool_scenes: int) -> dict[str, Path]:
-    from data_engine.synth import SynthConfig, default_workers, synthesize
+    from data_engine.sim.synth import SynthConfig, default_workers, synthesize
 
     w = default_workers()
     cfgs = {
@@ -62,7 +62,7 @@ def worlds(root: Path, pool_scenes: int) -> dict[str, Path]:
 def pick_yield(model: Path, data: dict[str, Path], budget: int, seed: int) -> dict[str, Any]:
     """Each arm's picks from the whole pool with one model, and what the world's truth says they hold."""
     from data_engine.catalog import Catalog
-    from data_engine.mining import MineConfig, mine
+    from data_engine.mining.mine import MineConfig, mine
     from data_engine.sim.oracle import label_samples
     from perception.data.nuscenes_tables import find_version, read_tables
     from perception.schema import CATEGORY_TO_DETECTION

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.machine import machine
-from data_engine.synth import SynthConfig, synthesize
+from data_engine.sim.synth import SynthConfig, synthesize
 from perception.data.augment import AugmentConfig
 from perception.data.batch import collate_frames
 from perception.data.dataset import DatasetConfig, MultiCamDataset

@@ -18,7 +18,7 @@ from typing import Any
 from data_engine.catalog import Catalog, FrameResult
 from data_engine.label_studio import BOX_CONTROL, IMAGE_NAME, region_id
 from data_engine.sim.oracle import label_samples
-from data_engine.synth import SynthConfig, synthesize
+from data_engine.sim.synth import SynthConfig, synthesize
 from perception.config import ExperimentConfig, to_dict
 from perception.data.nuscenes import load_dataset
 from perception.presets import get_preset, preset_to_dict

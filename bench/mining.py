@@ -53,7 +53,7 @@ def _tree_rss_mb(pid: int) -> float:
 def run_row(spec: dict[str, Any]) -> dict[str, Any]:
     """One measurement (in this process): score the pool with one engine setting."""
     from data_engine.catalog import Catalog
-    from data_engine.mining import SceneJob, file_sha256, score_scenes
+    from data_engine.mining.mine import SceneJob, file_sha256, score_scenes
 
     model = Path(spec["model"])
     sha = file_sha256(model)

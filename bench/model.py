@@ -131,7 +131,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one[0], args.one[1], args.runs, Path(args.one[2]), args.threads, args.scratch)))
         return
-    from data_engine.synth import SynthConfig, synthesize
+    from data_engine.sim.synth import SynthConfig, synthesize
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:

@@ -23,7 +23,7 @@ from bench.machine import machine
 from data_engine.sim.nuscenes_writer import JPEG_QUALITY
 from data_engine.sim.rig import nuscenes_like_rig
 from data_engine.sim.world import KEYFRAME_DT, SceneWorld, scene_spec
-from data_engine.synth import SynthConfig, synthesize
+from data_engine.sim.synth import SynthConfig, synthesize
 
 
 def run_synth(workers: int, args: argparse.Namespace, seed: int) -> float:

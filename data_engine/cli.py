@@ -57,8 +57,8 @@ def synth(
                                "night=4,fog=4,day=4 (summing to --scenes; all in the val split)."),
 ) -> None:
     """Render a synthetic multi-camera world into a nuScenes v1.0 dataset (resumable)."""
-    from data_engine.synth import SynthConfig, SynthError, default_workers, synthesize
-    from data_engine.synth_report import print_summary
+    from data_engine.sim.synth import SynthConfig, SynthError, default_workers, synthesize
+    from data_engine.sim.synth_report import print_summary
 
     quota_map = None
     if quotas:
@@ -208,8 +208,8 @@ def mine(
 ) -> None:
     """Score the catalog's frames with an exported model and select a budget to label (resumable)."""
     from data_engine.catalog import CatalogError
-    from data_engine.mining import MineConfig, MineError, mine as run_mine
-    from data_engine.selection import SelectionConfig
+    from data_engine.mining.mine import MineConfig, MineError, mine as run_mine
+    from data_engine.mining.selection import SelectionConfig
 
     try:
         selection = SelectionConfig(_parse_weights(weights), diversity, dedup, min_gap)
@@ -244,7 +244,7 @@ def similar(
     import json
 
     from data_engine.catalog import Catalog, CatalogError
-    from data_engine.selection import nearest_frames
+    from data_engine.mining.selection import nearest_frames
 
     try:
         with Catalog.open(catalog, create=False) as cat:

@@ -27,14 +27,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from data_engine.synth import (
+from data_engine.sim.synth import (
     RecipeMismatch,
     SynthConfig,
     SynthSummary,
     default_workers,
     synthesize,
 )
-from data_engine.synth_report import print_summary
+from data_engine.sim.synth_report import print_summary
 from perception.errors import BevStackError, one_line
 
 W, H = 352, 198  # camera size: twice the tiny preset's input is plenty, and quick to render

@@ -99,9 +99,9 @@ class LoopConfig:
     def validate_mining(self) -> None:
         """The arms' strategies (loading the plugins), the engine and the selection settings, so that a
         mistake stops the loop before round 0 trains rather than after."""
-        from .mining import ENGINES, make_strategies
-        from .selection import SelectionConfig
-        from .strategies import StrategyError, load_plugins
+        from .mining.mine import ENGINES, make_strategies
+        from .mining.selection import SelectionConfig
+        from .mining.strategies import StrategyError, load_plugins
 
         if self.engine not in ENGINES:
             raise LoopError(f"engine: expected one of {', '.join(ENGINES)}, got {self.engine!r}")
@@ -256,9 +256,9 @@ def _mine_label_ingest(cfg: LoopConfig, arm: Arm, db: Path, model: Path, rnd: in
                        log: Callable[[str], None]) -> Path:
     """Mine the round's picks, write the queue, label them with the oracle and ingest a new version."""
     from .labels import label_frames
-    from .mining import MineConfig, mine
+    from .mining.mine import MineConfig, mine
     from .relabel_queue import write_queue
-    from .selection import SelectionConfig
+    from .mining.selection import SelectionConfig
     from .versions import ingest
 
     version = f"round{rnd + 1}"

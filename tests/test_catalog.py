@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from data_engine.catalog import SCHEMA_VERSION, Catalog, CatalogError
 from data_engine.cli import app
-from data_engine.synth import SynthConfig, synthesize
+from data_engine.sim.synth import SynthConfig, synthesize
 from perception.data.nuscenes import load_dataset
 from perception.schema import parse_conditions
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from data_engine.synth import SynthConfig, synthesize
+from data_engine.sim.synth import SynthConfig, synthesize
 from perception.data.augment import AugmentConfig
 from perception.boxes import BoxCodec
 from perception.data.batch import MultiCamBatch, collate_frames

@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from data_engine.synth import SynthConfig, synthesize
+from data_engine.sim.synth import SynthConfig, synthesize
 from perception.cli import app
 from perception.data.nuscenes import load_dataset
 from perception.schema import ATTRIBUTES, DETECTION_CLASSES

@@ -15,7 +15,7 @@ import pytest
 from model_inputs import random_tiny_checkpoint
 from typer.testing import CliRunner
 
-from data_engine.synth import SynthConfig, synthesize
+from data_engine.sim.synth import SynthConfig, synthesize
 from export.exporter import FP32_TOLERANCE
 from export.model_file import write_metadata
 from export.runtime import (

@@ -75,7 +75,7 @@ def _tree(root: Path) -> set[str]:
 def test_ingest_of_a_dataset_whose_table_path_leaves_it_creates_nothing_and_raises(tmp_path: Path) -> None:
     from data_engine.catalog import Catalog
     from data_engine.labels import label_frames
-    from data_engine.synth import SynthConfig, synthesize
+    from data_engine.sim.synth import SynthConfig, synthesize
     from data_engine.versions import ingest
 
     labeled, pool = tmp_path / "labeled", tmp_path / "pool"
@@ -281,7 +281,7 @@ def test_valid_jpegs_decode_unchanged(fresh: Truth) -> None:
 
 
 def test_the_synthetic_worlds_jpegs_decode_unchanged(tmp_path: Path) -> None:
-    from data_engine.synth import SynthConfig, synthesize
+    from data_engine.sim.synth import SynthConfig, synthesize
     from perception.preprocess import decode_image
 
     synthesize(SynthConfig(out=tmp_path / "w", scenes=1, frames=2, seed=3, width=800, height=450), progress=False)
@@ -330,7 +330,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     import torch
 
-    from data_engine.synth import SynthConfig, synthesize
+    from data_engine.sim.synth import SynthConfig, synthesize
     from perception.models.bev_model import build_model
     from perception.presets import get_preset
     from perception.checkpoint import CHECKPOINT_FORMAT, preset_to_dict, save_checkpoint

@@ -25,7 +25,7 @@ from data_engine.catalog import SCHEMA_VERSION, Catalog, CatalogError
 from data_engine.cli import app
 from data_engine.labels import LabelsError, oracle_labels, write_json
 from data_engine.loop import Arm, LoopConfig, LoopError, run_loop
-from data_engine.synth import SynthConfig, synthesize
+from data_engine.sim.synth import SynthConfig, synthesize
 from data_engine.versions import ingest
 from perception.data.nuscenes import load_dataset
 
@@ -332,7 +332,7 @@ def test_a_plugin_that_raises_fails_the_run_with_one_line(mining_world, tmp_path
     db = mining_catalog(mining_world, tmp_path / "cat.db")
     plugin = tmp_path / "exploding.py"
     plugin.write_text(textwrap.dedent("""
-        from data_engine.strategies import Strategy, register
+        from data_engine.mining.strategies import Strategy, register
 
         @register("exploding")
         def exploding(arg):

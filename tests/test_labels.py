@@ -23,7 +23,7 @@ from data_engine.label_studio import (
 )
 from data_engine.labels import CLASS_CATEGORY, LabelsError, errors_path
 from data_engine.sim.oracle import label_samples
-from data_engine.synth import SynthConfig, synthesize
+from data_engine.sim.synth import SynthConfig, synthesize
 from data_engine.versions import diff_versions, ingest
 from perception.data.nuscenes import load_dataset
 from perception.data.nuscenes_tables import find_version, read_tables

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from data_engine.catalog import Catalog
 from data_engine.cli import app
-from data_engine.synth import SynthConfig, synthesize
+from data_engine.sim.synth import SynthConfig, synthesize
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +107,7 @@ def test_the_shipped_loop_config_parses() -> None:
     from pathlib import Path
 
     from data_engine.loop import load_loop_config
-    from data_engine.strategies import make_strategy
+    from data_engine.mining.strategies import make_strategy
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_loop_config(root / "configs" / "loops" / "tiny.yaml", check_paths=False)

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from data_engine.catalog import Catalog
 from data_engine.cli import app
-from data_engine.synth import SynthConfig, synthesize
+from data_engine.sim.synth import SynthConfig, synthesize
 from export.exporter import export_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -172,7 +172,7 @@ def test_unreadable_frames_fail_with_a_reason_and_plugins_score(world, tmp_path)
     (pool / frame.cameras["CAM_FRONT"]).unlink()
     plugin = tmp_path / "plugin.py"
     plugin.write_text(textwrap.dedent("""
-        from data_engine.strategies import Strategy, register
+        from data_engine.mining.strategies import Strategy, register
 
         @register("box_count")
         def box_count(arg):
@@ -202,7 +202,7 @@ def test_unreadable_frames_fail_with_a_reason_and_plugins_score(world, tmp_path)
     assert res.exit_code == 1 and "junk.onnx: not a usable exported model" in res.output
     nan = tmp_path / "nan_plugin.py"
     nan.write_text(textwrap.dedent("""
-        from data_engine.strategies import Strategy, register
+        from data_engine.mining.strategies import Strategy, register
 
         @register("broken_nan")
         def broken_nan(arg):

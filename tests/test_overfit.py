@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_engine.synth import SynthConfig, synthesize
+from data_engine.sim.synth import SynthConfig, synthesize
 from perception.boxes import BoxCodec
 from perception.data.batch import collate_frames
 from perception.data.dataset import MultiCamDataset

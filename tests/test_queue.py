@@ -18,7 +18,7 @@ from data_engine.catalog import Catalog, FrameResult
 from data_engine.cli import app
 from data_engine.label_studio import BOX_CONTROL, IMAGE_NAME, box_index
 from data_engine.relabel_queue import DEFAULT_IMAGE_URL_PREFIX, QueueError, write_queue
-from data_engine.synth import SynthConfig, synthesize
+from data_engine.sim.synth import SynthConfig, synthesize
 from perception.data.nuscenes import load_dataset
 from perception.schema import DETECTION_CLASSES
 from perception.geometry import (

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from data_engine.catalog import Catalog, FrameResult
-from data_engine.selection import SelectionConfig, rank_normalize, select
-from data_engine.strategies import (
+from data_engine.mining.selection import SelectionConfig, rank_normalize, select
+from data_engine.mining.strategies import (
     STRATEGIES,
     FrameOutput,
     StrategyError,
@@ -141,7 +141,7 @@ def test_registry_plugins_and_errors(tmp_path) -> None:
     plugin = tmp_path / "mine_more.py"
     plugin.write_text(textwrap.dedent("""
         import numpy as np
-        from data_engine.strategies import Strategy, register
+        from data_engine.mining.strategies import Strategy, register
 
         @register("box_count")
         def box_count(arg):
@@ -175,7 +175,7 @@ def test_rank_normalize() -> None:
 def scored_catalog(tmp_path):
     """A catalog with two pool scenes of 8 frames (0.5 s apart) scored by hand: scores rise with the
     frame index, and frames 6 and 7 of scene A are exact copies of frame 5 in embedding space."""
-    from data_engine.synth import SynthConfig, synthesize
+    from data_engine.sim.synth import SynthConfig, synthesize
 
     pool = tmp_path / "pool"
     synthesize(SynthConfig(out=pool, scenes=2, frames=8, seed=3, width=160, height=90, unlabeled=True), progress=False)
@@ -235,7 +235,7 @@ def test_label_qa_precision_at_k(tmp_path) -> None:
 
     from data_engine.cli import app
     from data_engine.label_qa import qa_precision
-    from data_engine.synth import SynthConfig, synthesize
+    from data_engine.sim.synth import SynthConfig, synthesize
 
     data = tmp_path / "labeled"
     synthesize(SynthConfig(out=data, scenes=2, frames=5, seed=4, width=96, height=64), progress=False)

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from data_engine.cli import app
 from data_engine.sim.oracle import label_samples, render_instance_masks
 from data_engine.sim.world import scene_spec
-from data_engine.synth import SynthConfig, synthesize
+from data_engine.sim.synth import SynthConfig, synthesize
 from perception.data.nuscenes import load_dataset, load_lidar_points
 from perception.schema import CAMERA_NAMES, TABLES
 from perception.geometry import box_corners, invert_rigid, points_in_boxes, transform_points
@@ -395,7 +395,7 @@ def test_concurrent_writers_of_one_file_do_not_share_a_temporary(tmp_path: Path,
 
 
 def test_another_version_of_the_world_is_refused(tiny: Path, tmp_path: Path) -> None:
-    from data_engine.synth import world_digest
+    from data_engine.sim.synth import world_digest
 
     root = tmp_path / "old_world"
     shutil.copytree(tiny, root)
@@ -411,16 +411,16 @@ def test_another_version_of_the_world_is_refused(tiny: Path, tmp_path: Path) -> 
 
 
 def test_world_digest_covers_the_world_code(monkeypatch, tmp_path: Path) -> None:
-    import data_engine.synth as synth_mod
+    import data_engine.sim.synth as synth_mod
 
     before = synth_mod.world_digest()
-    fake = tmp_path / "data_engine" / "synth.py"
-    shutil.copytree(Path(synth_mod.__file__).with_name("sim"), fake.parent / "sim")
+    fake = tmp_path / "data_engine" / "sim" / "synth.py"
+    shutil.copytree(Path(synth_mod.__file__).parent, fake.parent)
     monkeypatch.setattr(synth_mod, "__file__", str(fake))
     synth_mod.world_digest.cache_clear()
     try:
         assert synth_mod.world_digest() == before
-        with open(fake.parent / "sim" / "world.py", "a") as f:
+        with open(fake.parent / "world.py", "a") as f:
             f.write("\n# changed\n")
         synth_mod.world_digest.cache_clear()
         assert synth_mod.world_digest() != before
@@ -430,7 +430,7 @@ def test_world_digest_covers_the_world_code(monkeypatch, tmp_path: Path) -> None
 
 @pytest.mark.parametrize("left", [["STATE/"], ["STATE/lock"], ["STATE/lock", "synth.json.1234.0a1b2c3d.tmp"]])
 def test_a_run_killed_before_its_recipe_left_a_fresh_directory(tmp_path: Path, left: list[str]) -> None:
-    from data_engine.synth import prepare_output
+    from data_engine.sim.synth import prepare_output
 
     root = tmp_path / "early"
     (root / ".synth").mkdir(parents=True)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from data_engine.synth import SynthConfig, synthesize
+from data_engine.sim.synth import SynthConfig, synthesize
 from perception.cli import app
 from perception.checkpoint import load_checkpoint
 

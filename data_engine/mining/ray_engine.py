@@ -1,7 +1,7 @@
 """The ``ray`` mining engine: the same scoring as the local engine, on Ray Data.
 
 Each scene is one block (the video state and the temporal triggers need its frames in order, in one
-place); an actor pool of ``workers`` onnxruntime sessions (:class:`~data_engine.scoring.SceneScorer`)
+place); an actor pool of ``workers`` onnxruntime sessions (:class:`~data_engine.mining.scoring.SceneScorer`)
 maps the blocks; the driver receives each scene's results and is the only writer of the catalog
 (:meth:`Catalog.write_scene` is idempotent, so a retried block is counted once). Ray connects to the
 cluster named by ``RAY_ADDRESS`` when it is set, else starts a local instance; the workers read the
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .catalog import FrameResult, FrameRow
+from ..catalog import FrameResult, FrameRow
 from .scoring import MineError, SceneJob, SceneScorer
 
 __all__ = ["score_scenes_ray"]

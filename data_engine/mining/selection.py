@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .catalog import Catalog
+from ..catalog import Catalog
 from .strategies import Strategy, centered, cosine_distances
 
 __all__ = ["Pick", "SelectionConfig", "nearest_frames", "rank_normalize", "select"]

@@ -6,7 +6,7 @@ embeddings. Strategies are named by a spec ``name`` or ``name:arg`` and built by
 from the :data:`STRATEGIES` registry. Users add their own from a Python file passed with
 ``data-engine mine --plugin FILE``:
 
-    from data_engine.strategies import FrameOutput, Strategy, register
+    from data_engine.mining.strategies import FrameOutput, Strategy, register
 
     @register("far_objects")
     def far_objects(arg: str | None) -> Strategy:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .catalog import Catalog, CatalogError, FrameResult, FrameRow
+from ..catalog import Catalog, CatalogError, FrameResult, FrameRow
 from .scoring import MineError, SceneJob, SceneScorer, group_scenes, init_worker, score_in_worker
 from .selection import SelectionConfig, select
 from .strategies import (

@@ -61,7 +61,7 @@ def world_digest() -> str:
 
     It is part of the recipe, so a directory rendered by other code is not resumed with new scenes.
     """
-    files = sorted(Path(__file__).with_name("sim").glob("*.py"), key=lambda p: p.name)
+    files = sorted(Path(__file__).parent.glob("*.py"), key=lambda p: p.name)
     files.append(Path(perception.__file__).with_name("geometry.py"))
     h = hashlib.sha256()
     for f in files:
@@ -204,7 +204,7 @@ def scene_indices(cfg: SynthConfig) -> list[int]:
         return list(range(cfg.first_scene, cfg.first_scene + cfg.scenes))
     from perception.schema import parse_conditions
 
-    from .sim.world import scene_spec
+    from .world import scene_spec
 
     need, picked, i = dict(cfg.quotas), [], cfg.first_scene
     while any(need.values()):
@@ -221,9 +221,9 @@ def scene_indices(cfg: SynthConfig) -> list[int]:
 
 def _render_scene(cfg: SynthConfig, index: int) -> str:
     """Worker: render one scene and write its record file; returns the scene name."""
-    from .sim.nuscenes_writer import _write_bytes, scene_records
-    from .sim.rig import nuscenes_like_rig
-    from .sim.world import SceneWorld, scene_spec
+    from .nuscenes_writer import _write_bytes, scene_records
+    from .rig import nuscenes_like_rig
+    from .world import SceneWorld, scene_spec
 
     spec = scene_spec(cfg.seed, index, cfg.frames)
     world = SceneWorld(spec, nuscenes_like_rig(cfg.width, cfg.height))
@@ -334,7 +334,7 @@ def prepare_output(cfg: SynthConfig) -> list[int]:
     root.mkdir(parents=True, exist_ok=True)
     (root / STATE_DIR).mkdir(exist_ok=True)
     if not recipe_path.exists():
-        from .sim.nuscenes_writer import _write_bytes
+        from .nuscenes_writer import _write_bytes
 
         for tmp in root.iterdir():
             if _is_recipe_tmp(tmp):
@@ -410,7 +410,7 @@ def _render_in_process(cfg: SynthConfig, todo: list[int], counter: Any, bar: Any
 
 def assemble(cfg: SynthConfig) -> SynthSummary:
     """Merge the scenes' records into the 13 tables and splits.json, written atomically."""
-    from .sim.nuscenes_writer import _write_bytes, static_records
+    from .nuscenes_writer import _write_bytes, static_records
 
     root = cfg.out
     tables: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}

@@ -17,7 +17,7 @@ import numpy as np
 from perception.data.nuscenes import DatasetError, NuScenesDataset, load_dataset
 from perception.errors import BevStackError
 
-from .catalog import FrameResult, FrameRow
+from ..catalog import FrameResult, FrameRow
 from .strategies import (FrameOutput, RunStrategy, StrategyError, load_plugins, make_strategy, plugin_file,
                          strategy_failure)
 
