@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.machine import machine
+from perception.schema import RARE_CLASSES, RARE_CONDITIONS
 
 RESULTS = Path(__file__).parent / "results" / "active_learning.json"
 CURVES = Path(__file__).parent / "results" / "learning_curves.png"
-RARE_CLASSES = ("construction_vehicle", "trailer")
-RARE_CONDITIONS = ("night", "fog")
 ARMS = [
     {"name": "uncertainty", "strategies": ["det_entropy"]},
     {"name": "rare", "strategies": ["rare:construction_vehicle@0.1", "rare:trailer@0.1"]},

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from data_engine.catalog import Catalog, FrameResult
-from data_engine.label_studio import BOX_CONTROL, IMAGE_NAME, region_id
+from data_engine.labels.label_studio import BOX_CONTROL, IMAGE_NAME, region_id
 from data_engine.sim.oracle import label_samples
 from data_engine.sim.synth import SynthConfig, synthesize
 from perception.config import ExperimentConfig, to_dict

@@ -210,8 +210,10 @@ def fuzz_config(examples: int, workdir: Path) -> ReaderResult:
 
 
 def _check_labels_file(cat: Any, path: Path, sources: dict[str, Any]) -> None:
-    """What ``data_engine.versions.ingest`` does with a labels file before it writes anything."""
-    from data_engine.labels import labels_from_label_studio, parse_labels, read_labels_file, validate_labels
+    """What ``data_engine.labels.ingest.ingest`` does with a labels file before it writes anything."""
+    from data_engine.labels.label_studio import labels_from_label_studio
+    from data_engine.labels.records import parse_labels, read_labels_file
+    from data_engine.labels.validate import validate_labels
 
     obj = read_labels_file(path)
     review = None

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_engine.versions import MANIFEST
+from data_engine.labels.versions import MANIFEST
 
 ROOT = Path(__file__).resolve().parents[1]
 W, H = 352, 198  # the worlds of the sweep: small, so a kill lands anywhere in a run of seconds

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from bench.machine import machine
 from data_engine.catalog import Catalog
 from data_engine.cli import app
-from data_engine.label_qa import qa_precision, read_errors
+from data_engine.labels.qa import qa_precision, read_errors
 
 RESULTS = Path(__file__).parent / "results" / "label_qa.json"
 KS = (10, 20, 50, 100)

@@ -113,9 +113,7 @@ def measure(preset_name: str, view: str, runs: int, data: Path, threads: int, sc
 
 
 def _inputs(model, batch) -> dict:
-    return {"images": batch.images, "K": batch.K, "ego_T_cam": batch.ego_T_cam, "cam_valid": batch.cam_valid,
-            "prev_state": model.initial_state(len(batch)), "prev_T_curr": batch.prev_T_curr,
-            "dt": batch.dt}
+    return batch.model_inputs(model.initial_state(len(batch)))
 
 
 def main() -> None:

@@ -28,12 +28,12 @@ from rich.console import Console
 from rich.table import Table
 
 from data_engine.sim.synth import (
-    RecipeMismatch,
     SynthConfig,
     SynthSummary,
     default_workers,
     synthesize,
 )
+from data_engine.sim.synth_output import RecipeMismatch
 from data_engine.sim.synth_report import print_summary
 from perception.errors import BevStackError, one_line
 

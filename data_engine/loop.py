@@ -32,6 +32,8 @@ from typing import Any
 from .catalog import Catalog, CatalogError
 from .loop_report import format_report, plot_curves, summarize
 from perception.errors import BevStackError
+from perception.metrics.report import EvalReport
+from perception.schema import RARE_CLASSES, RARE_CONDITIONS
 
 __all__ = ["Arm", "LoopConfig", "LoopError", "evaluate_round", "load_loop_config", "run_loop", "train_round"]
 
@@ -199,26 +201,24 @@ def evaluate_round(cfg: LoopConfig, ckpt: Path, out_dir: Path, log: Callable[[st
     return metrics
 
 
-def headline(report: dict[str, Any]) -> dict[str, Any]:
-    """The loop's metrics from a `perception eval` report (None where the val set cannot measure one)."""
-    det = report["detection"]
-    iou = report.get("bev_iou", {})
+def headline(report: EvalReport) -> dict[str, Any]:
+    """The loop's metrics from an evaluation report (None where the val set cannot measure one)."""
 
-    def class_iou(i: dict[str, Any], name: str) -> float | None:
-        v = (i.get("iou") or {}).get(name) if isinstance(i.get("iou"), dict) else i.get(name)
-        return None if v is None else float(v)
+    def value(x: float | None) -> float | None:
+        return None if x is None or x != x else float(x)
 
-    out: dict[str, Any] = {"mAP": float(det["mean_ap"]), "NDS": float(det["nd_score"]),
-                           "vehicle_iou": class_iou(iou, "vehicle"), "drivable_iou": class_iou(iou, "drivable_area"),
-                           "samples": report["samples"]}
-    for c in ("construction_vehicle", "trailer"):
-        ap = det.get("mean_dist_aps", {}).get(c)
-        out[f"ap_{c}"] = None if ap is None else float(ap)
-    for cond in ("night", "fog"):
-        entry = report.get("conditions", {}).get(cond, {})
-        out[f"mAP_{cond}"] = entry.get("detection", {}).get("mAP") if entry.get("samples") else None
-        out[f"vehicle_iou_{cond}"] = class_iou(entry.get("bev_iou", {}), "vehicle") if entry.get("samples") else None
-        out[f"samples_{cond}"] = entry.get("samples", 0)
+    out: dict[str, Any] = {"mAP": report.detection.mAP, "NDS": report.detection.NDS,
+                           "vehicle_iou": value(report.bev_iou.get("vehicle")),
+                           "drivable_iou": value(report.bev_iou.get("drivable_area")), "samples": report.samples}
+    for c in RARE_CLASSES:
+        scores = report.rare.get(c)
+        out[f"ap_{c}"] = None if scores is None else scores.AP
+    for cond in RARE_CONDITIONS:
+        entry = report.conditions.get(cond)
+        seen = entry is not None and entry.detection is not None
+        out[f"mAP_{cond}"] = entry.detection.mAP if seen else None
+        out[f"vehicle_iou_{cond}"] = value(entry.bev_iou.get("vehicle")) if seen else None
+        out[f"samples_{cond}"] = entry.samples if entry is not None else 0
     return out
 
 
@@ -255,11 +255,11 @@ def _labeled_train_frames(data: Path) -> int:
 def _mine_label_ingest(cfg: LoopConfig, arm: Arm, db: Path, model: Path, rnd: int, seed: int, out_dir: Path,
                        log: Callable[[str], None]) -> Path:
     """Mine the round's picks, write the queue, label them with the oracle and ingest a new version."""
-    from .labels import label_frames
+    from .labels.autolabel import label_frames
     from .mining.mine import MineConfig, mine
-    from .relabel_queue import write_queue
+    from .labels.queue import write_queue
     from .mining.selection import SelectionConfig
-    from .versions import ingest
+    from .labels.ingest import ingest
 
     version = f"round{rnd + 1}"
     with Catalog.open(db) as cat:

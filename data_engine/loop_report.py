@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from perception.schema import RARE_CLASSES, RARE_CONDITIONS
+
 __all__ = ["HEADLINE", "format_report", "plot_curves", "summarize"]
 
-# The metrics of a round, read from `perception eval`'s report: name -> how to find it.
-HEADLINE = ("mAP", "NDS", "vehicle_iou", "ap_construction_vehicle", "ap_trailer", "mAP_night", "mAP_fog",
-            "vehicle_iou_night", "vehicle_iou_fog")
+# The metrics of a round (loop.headline reads them from the evaluation report).
+HEADLINE: tuple[str, ...] = ("mAP", "NDS", "vehicle_iou", *(f"ap_{c}" for c in RARE_CLASSES),
+                             *(f"mAP_{c}" for c in RARE_CONDITIONS), *(f"vehicle_iou_{c}" for c in RARE_CONDITIONS))
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -41,18 +41,14 @@ from perception.data.batch import MultiCamBatch, collate_frames
 from perception.data.dataset import DatasetConfig, MultiCamDataset
 from perception.data.nuscenes import NuScenesDataset, load_dataset
 from perception.data.sampler import ClipBatchSampler
-from perception.evaluate import (
-    default_split,
-    evaluate_model,
-    evaluate_outputs,
-    nan_to_none,
-)
+from perception.evaluate import default_split, evaluate_model, evaluate_outputs
+from perception.metrics.report import nan_to_none
 from perception.geometry import make_transform
 from perception.presets import Preset, preset_to_dict
 from perception.checkpoint import load_model_from_checkpoint
 from perception.errors import BevStackError
 
-__all__ = ["ExportError", "export_checkpoint", "parity_report", "run_edge", "summarize_eval"]
+__all__ = ["ExportError", "export_checkpoint", "parity_report", "run_edge"]
 
 PARITY_FRAMES = 5
 # FP32 parity: max |onnxruntime - torch| per output, relative to max(1, max |torch|).
@@ -76,11 +72,14 @@ def file_sha256(path: str | Path) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _feeds_of(batch: MultiCamBatch) -> dict[str, np.ndarray]:
-    """The contract's inputs of a batch (prev_state filled in by the caller)."""
-    return {"images": batch.images.numpy(), "K": batch.K.float().numpy(), "ego_T_cam": batch.ego_T_cam.float().numpy(),
-            "cam_valid": batch.cam_valid.bool().numpy(), "prev_T_curr": batch.prev_T_curr.float().numpy(),
-            "dt": batch.dt.float().numpy()}
+def _feeds_of(batch: MultiCamBatch, prev_state: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The model's inputs of a batch (:meth:`MultiCamBatch.model_inputs`) as numpy arrays, ``prev_state``
+    zeroed where a clip starts; without ``prev_state`` when none is given (the caller carries its own)."""
+    state = torch.zeros(len(batch), 1, 1, 1) if prev_state is None else torch.from_numpy(prev_state)
+    feeds = {k: v.numpy() for k, v in batch.model_inputs(state).items()}
+    if prev_state is None:
+        del feeds["prev_state"]
+    return feeds
 
 
 def _random_feeds(preset: Preset, batch: int, frames: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -120,11 +119,7 @@ def run_edge(model: EdgeModel, dataset: MultiCamDataset,
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_frames, num_workers=0)
     state = model.initial_state(1)
     for batch in loader:
-        feeds = _feeds_of(batch)
-        if bool(batch.is_first[0]):
-            state = model.initial_state(1)
-        out = model.infer(feeds["images"], feeds["K"], feeds["ego_T_cam"], feeds["cam_valid"], state,
-                          feeds["prev_T_curr"], feeds["dt"])
+        out = model.infer(**_feeds_of(batch, state))
         state = out["state"]
         yield batch, out
 
@@ -193,23 +188,6 @@ def parity_report(model: torch.nn.Module, edge: EdgeModel, clip: Sequence[dict[s
 
 
 # --------------------------------------------------------------------------------------------------
-# Accuracy
-# --------------------------------------------------------------------------------------------------
-
-
-def summarize_eval(report: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers of an evaluation report: mAP, NDS, BEV IoU per class, per condition."""
-    det = report["detection"]
-    out: dict[str, Any] = {"mAP": det["mean_ap"], "NDS": det["nd_score"],
-                           **{f"iou_{k}": v for k, v in report["bev_iou"].items()}, "conditions": {}}
-    for g, e in report["conditions"].items():
-        if e["samples"]:
-            out["conditions"][g] = {"samples": e["samples"], "mAP": e["detection"]["mAP"], "NDS": e["detection"]["NDS"],
-                                    **{f"iou_{k}": v for k, v in e["bev_iou"].items()}}
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------------------
 
@@ -240,11 +218,10 @@ def _calibration_feeds(fp32: EdgeModel, dataset: MultiCamDataset, frames: int, r
     for run in picks:
         state = fp32.initial_state(1)
         for k, i in enumerate(run):
-            f = _feeds_of(collate_frames([dataset[i]]))
+            f = _feeds_of(collate_frames([dataset[i]]), state)
             if k == 0:
                 f["prev_T_curr"], f["dt"] = np.eye(4, dtype=np.float32)[None], np.zeros(1, np.float32)
-            f["prev_state"] = state
-            state = fp32.infer(f["images"], f["K"], f["ego_T_cam"], f["cam_valid"], state, f["prev_T_curr"], f["dt"])["state"]
+            state = fp32.infer(**f)["state"]
             feeds.append(f)
     return feeds
 
@@ -362,10 +339,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, pre
         report["accuracy"] = {"split": val_ds.config.split, "frames": len(val_ds)}
         t0 = time.perf_counter()
         rep = evaluate_model(model, preset, val_ds, print_fn=None)
-        report["accuracy"]["torch"] = summarize_eval(rep)
+        report["accuracy"]["torch"] = rep.summary()
         for p, em in edge.items():
             rep = evaluate_outputs(preset, val_ds, run_edge(em, val_ds), print_fn=None)
-            report["accuracy"][p] = summarize_eval(rep)
+            report["accuracy"][p] = rep.summary()
         timings["accuracy_s"] = time.perf_counter() - t0
         log(format_accuracy(report["accuracy"]))
     timings["total_s"] = time.perf_counter() - started

@@ -10,20 +10,21 @@ row i grows with x, column j with y, cell (i, j) covers continuous cells ``[i, i
 A flat cell index is ``i * Y + j``.
 
 An object is assigned to the cell holding its centre. Its heatmap target is a Gaussian in its class
-channel, peak exactly 1.0 at that cell, max-combined with other objects' Gaussians. Its regression
-target is the 10 channels of :data:`REGRESSION_CHANNELS`, read back at the same cell.
+channel, peak exactly 1.0 at that cell, max-combined with other objects' Gaussians (drawn, and
+found again at decoding, by :mod:`perception.heatmap`). Its regression target is the 10 channels
+of :data:`REGRESSION_CHANNELS`, read back at the same cell.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from perception.geometry import BEVGrid
+from perception.heatmap import circle_nms, draw_gaussian, gaussian_radius, heatmap_peaks
 from perception.specs import NUM_REGRESSION, REGRESSION_CHANNELS
 
 if TYPE_CHECKING:
@@ -37,8 +38,6 @@ __all__ = [
     "DecodedBoxes",
     "DetectionTargets",
     "gather_regression",
-    "gaussian_radius",
-    "heatmap_peaks",
     "sigmoid",
 ]
 
@@ -50,43 +49,6 @@ REGRESSION_SLICES: dict[str, slice] = {
     "yaw": slice(6, 8),
     "velocity": slice(8, 10),
 }
-
-
-def gaussian_radius(length: np.ndarray | float, width: np.ndarray | float, min_overlap: float) -> np.ndarray:
-    """CornerNet radius (in cells) of a footprint ``length x width`` (cells), for IoU >= min_overlap.
-
-    The largest r such that a box whose two opposite corners each move by up to r (per axis) keeps
-    IoU >= ``min_overlap`` with the true box; the minimum over the three worst cases, with
-    H = length, W = width, o = min_overlap, S = H + W, A = H * W:
-
-    - same-size box shifted by (r, r): I = (H-r)(W-r), U = 2A - I, and I/U >= o gives
-      r^2 - S r + A (1-o)/(1+o) >= 0, so r <= (S - sqrt(S^2 - 4A(1-o)/(1+o))) / 2;
-    - box shrunk by r at both corners: (H-2r)(W-2r)/A >= o gives
-      r <= (S - sqrt(S^2 - 4A(1-o))) / 4;
-    - box grown by r at both corners: A/((H+2r)(W+2r)) >= o gives
-      r <= (sqrt(S^2 + 4A(1-o)/o) - S) / 4.
-
-    These are the smallest non-negative roots. (The CenterNet/CenterPoint code, which we do not copy,
-    takes other roots and drops the 1/(2a) of two cases, which yields larger radii for big boxes.)
-    """
-    h = np.asarray(length, dtype=np.float64)
-    w = np.asarray(width, dtype=np.float64)
-    o = float(min_overlap)
-    s, a = h + w, h * w
-    r_shift = (s - np.sqrt(np.maximum(s * s - 4.0 * a * (1.0 - o) / (1.0 + o), 0.0))) / 2.0
-    r_shrink = (s - np.sqrt(np.maximum(s * s - 4.0 * a * (1.0 - o), 0.0))) / 4.0
-    r_grow = (np.sqrt(s * s + 4.0 * a * (1.0 - o) / o) - s) / 4.0
-    return np.minimum(np.minimum(r_shift, r_shrink), r_grow)
-
-
-@lru_cache(maxsize=64)
-def _gaussian_kernel(radius: int, sigma_ratio: float) -> np.ndarray:
-    """[2r+1, 2r+1] float32 Gaussian, exactly 1.0 at the centre, sigma = (2r+1) * sigma_ratio."""
-    sigma = (2 * radius + 1) * sigma_ratio
-    d = np.arange(-radius, radius + 1, dtype=np.float64)
-    kernel = np.exp(-(d[:, None] ** 2 + d[None, :] ** 2) / (2.0 * sigma * sigma)).astype(np.float32)
-    kernel.setflags(write=False)
-    return kernel
 
 
 @dataclass(frozen=True, eq=False)
@@ -256,7 +218,7 @@ class BoxCodec:
 
         heatmap = np.zeros(self.heatmap_shape, dtype=np.float32)
         for (i, j), cls, r in zip(ij.tolist(), label[kept].tolist(), self.radius(size[kept]).tolist()):
-            self._draw_gaussian(heatmap[cls], i, j, r)
+            draw_gaussian(heatmap[cls], i, j, r, self.sigma_ratio)
         M = self.max_objects
         return DetectionTargets(
             heatmap=heatmap,
@@ -267,15 +229,6 @@ class BoxCodec:
             labels=_pad(label[kept], M, -1, np.int64),
             box_index=_pad(kept, M, -1, np.int64),
         )
-
-    def _draw_gaussian(self, channel: np.ndarray, i: int, j: int, radius: int) -> None:
-        """Max-combine a Gaussian of ``radius`` cells centred on cell (i, j) into channel [X, Y]."""
-        X, Y = channel.shape
-        kernel = _gaussian_kernel(radius, self.sigma_ratio)
-        i0, i1 = max(i - radius, 0), min(i + radius + 1, X)
-        j0, j1 = max(j - radius, 0), min(j + radius + 1, Y)
-        window = kernel[i0 - i + radius : i1 - i + radius, j0 - j + radius : j1 - j + radius]
-        np.maximum(channel[i0:i1, j0:j1], window, out=channel[i0:i1, j0:j1])
 
     def decode(
         self,
@@ -371,23 +324,11 @@ class BoxCodec:
             score=score,
         )
         if nms_radius is not None:
-            keep = _circle_nms(
+            keep = circle_nms(
                 boxes.center[:, :2], boxes.label, nms_radius, self.num_classes, nms_class_agnostic, max_detections
             )
             boxes = boxes.select(keep)
         return boxes
-
-
-def heatmap_peaks(heatmap: np.ndarray) -> np.ndarray:
-    """bool [..., X, Y]: cells equal to the 3x3 max of their [X, Y] map (outside the map is -inf)."""
-    X, Y = heatmap.shape[-2:]
-    lead = [(0, 0)] * (heatmap.ndim - 2)
-    padded = np.pad(heatmap, [*lead, (1, 1), (1, 1)], constant_values=-np.inf)
-    hmax = padded[..., 1:1 + X, 1:1 + Y].copy()
-    for di in range(3):
-        for dj in range(3):
-            np.maximum(hmax, padded[..., di:di + X, dj:dj + Y], out=hmax)
-    return heatmap == hmax
 
 
 def _pad(values: np.ndarray, length: int, fill: float, dtype: Any) -> np.ndarray:
@@ -395,32 +336,3 @@ def _pad(values: np.ndarray, length: int, fill: float, dtype: Any) -> np.ndarray
     out = np.full((length, *np.shape(values)[1:]), fill, dtype=dtype)
     out[: len(values)] = values
     return out
-
-
-def _circle_nms(
-    xy: np.ndarray,
-    label: np.ndarray,
-    radius: float | Sequence[float],
-    num_classes: int,
-    class_agnostic: bool,
-    max_keep: int,
-) -> np.ndarray:
-    """Indices kept by greedy BEV-distance suppression of detections sorted by score: xy [K, 2].
-
-    Stops after ``max_keep`` detections (the greedy result up to there does not depend on the rest).
-    """
-    radii = np.broadcast_to(np.asarray(radius, dtype=np.float64), (num_classes,))
-    suppressed = np.zeros(len(xy), dtype=bool)
-    keep = []
-    for k in range(len(xy)):
-        if len(keep) >= max_keep:
-            break
-        if suppressed[k]:
-            continue
-        keep.append(k)
-        rest = slice(k + 1, None)
-        near = np.hypot(xy[rest, 0] - xy[k, 0], xy[rest, 1] - xy[k, 1]) < radii[label[k]]
-        if not class_agnostic:
-            near &= label[rest] == label[k]
-        suppressed[rest] |= near
-    return np.asarray(keep, dtype=np.int64)

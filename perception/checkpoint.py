@@ -19,7 +19,7 @@ from .process import process_alive
 from .presets import Preset, PresetError, preset_from_dict, preset_to_dict
 from perception.errors import BevStackError
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "load_model_from_checkpoint",
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "TrainingCheckpoint", "load_checkpoint", "load_model_from_checkpoint",
            "preset_differences", "preset_from_dict", "preset_to_dict", "remove_stale_temporaries",
            "save_checkpoint"]
 
@@ -28,6 +28,34 @@ CHECKPOINT_FORMAT = 1
 
 class CheckpointError(BevStackError):
     """A checkpoint that cannot be used; the message names the file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingCheckpoint:
+    """What `perception train` saves, field by field: the model as the preset builds it, its weights
+    (and the EMA's), the optimizer, schedule and loss-weight states, where the run stands and the
+    video state of every rank [world, B, C, X, Y], so that a resumed run continues exactly."""
+
+    preset: dict[str, Any]  # presets.preset_to_dict
+    config: dict[str, Any]  # the experiment config as run
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None  # the EMA weights, loadable into the model (None without EMA)
+    ema_module: dict[str, Any] | None  # the EMA wrapper's own state, to resume it
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    criterion: dict[str, torch.Tensor]
+    step: int  # optimizer steps done
+    epoch: int
+    position: int  # batches of this epoch done
+    video_state: torch.Tensor
+    rng_torch: torch.Tensor
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict saved (plain containers only, for ``torch.load(weights_only=True)``), with the
+        format version and the class lists beside the fields."""
+        tasks = self.preset.get("tasks", {})
+        return {"format": CHECKPOINT_FORMAT, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                "classes": {"det": list(tasks.get("det_classes", ())), "seg": list(tasks.get("seg_classes", ()))}}
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:

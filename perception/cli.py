@@ -59,7 +59,7 @@ def eval_cmd(
     from perception.evaluate import evaluate
 
     report = evaluate(checkpoint, data, split, out, batch_size, device=device)
-    typer.echo(f"wrote {report['files']['results']} and {report['files']['metrics_summary']}")
+    typer.echo(f"wrote {report.files['results']} and {report.files['metrics_summary']}")
 
 
 @app.command()

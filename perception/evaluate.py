@@ -18,6 +18,7 @@ results JSON is written in the global frame (the submission format).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -32,7 +33,8 @@ from .data.batch import MultiCamBatch, collate_frames
 from .data.dataset import DatasetConfig, MultiCamDataset
 from .data.nuscenes import NuScenesDataset, load_dataset
 from .data.sampler import ClipBatchSampler
-from .schema import parse_conditions
+from .inference import run_clips
+from .schema import EVAL_CONDITIONS, parse_conditions
 from .metrics import (
     BEVIoU,
     DetectionConfig,
@@ -41,17 +43,14 @@ from .metrics import (
     EvalBoxes,
     range_capped_to_grid,
 )
-from .metrics.detection import TP_METRIC_NAMES
+from .metrics.report import ConditionScores, DetectionScores, EvalReport
 from .metrics.nuscenes_io import ground_truth, results_json
 from .presets import Preset
 from .device import select_device
 from perception.errors import BevStackError
 
-__all__ = ["EVAL_CONDITIONS", "RARE_CLASSES", "EvalError", "default_split", "eval_dataset", "evaluate",
-           "evaluate_model", "evaluate_outputs", "nan_to_none", "run_model"]
-
-EVAL_CONDITIONS: tuple[str, ...] = ("day", "dusk", "night", "rain", "fog")  # reported per condition
-RARE_CLASSES: tuple[str, ...] = ("construction_vehicle", "trailer")  # the long tail, reported apart
+__all__ = ["EvalError", "EvalReport", "default_split", "eval_dataset", "evaluate", "evaluate_model",
+           "evaluate_outputs", "run_model"]
 
 
 class EvalError(BevStackError):
@@ -70,16 +69,13 @@ def check_split(reader: NuScenesDataset, split: str | None) -> None:
                         f"{', '.join(sorted(reader.splits)) or 'none'})")
 
 
-@torch.no_grad()
+@torch.no_grad()  # entered around each step of the generator, not while the caller holds it
 def run_model(model: torch.nn.Module, dataset: MultiCamDataset, clips: list[list[int]], batch_size: int = 1,
               device: str | torch.device | None = None, reset_state: bool = False,
               num_workers: int = 0) -> Iterator[tuple[MultiCamBatch, dict[str, torch.Tensor]]]:
-    """Run ``model`` over ``clips`` (dataset positions, each in time order) with the video state carried.
-
-    Yields (batch on the CPU, outputs on the CPU) in order. Batch t of a group holds frame t of up to
-    ``batch_size`` clips of equal length; the state of a slot is zeroed where ``is_first`` is set (and
-    at every frame with ``reset_state``, which turns the video module's memory off).
-    """
+    """Run ``model`` in eval mode without gradients over ``clips`` (dataset positions, each in time
+    order) through :func:`~perception.inference.run_clips`: batch t of a group holds frame t of up to
+    ``batch_size`` clips of equal length. Yields (batch, outputs as float32), both on the CPU, in order."""
     from torch.utils.data import DataLoader
 
     dev = select_device(device)
@@ -87,37 +83,11 @@ def run_model(model: torch.nn.Module, dataset: MultiCamDataset, clips: list[list
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_frames, num_workers=num_workers)
     was_training = model.training
     model.eval()
-    state: torch.Tensor | None = None
     try:
-        for batch in loader:
-            B = len(batch)
-            gpu = batch.to(dev)
-            if state is None or state.shape[0] != B:
-                state = model.initial_state(B, dev)
-            keep = (~gpu.is_first.bool()).to(state.dtype).view(B, 1, 1, 1)
-            if reset_state:
-                keep = torch.zeros_like(keep)
-            out = model(gpu.images, gpu.K, gpu.ego_T_cam, gpu.cam_valid, state * keep, gpu.prev_T_curr, gpu.dt)
-            state = out["state"].float()
-            yield batch, {k: v.detach().float().cpu() for k, v in out.items()}
+        for batch, out in run_clips(model, loader, dev, reset_state=reset_state):
+            yield batch.to("cpu"), {k: v.detach().float().cpu() for k, v in out.items()}
     finally:
         model.train(was_training)
-
-
-
-def nan_to_none(x: Any) -> Any:
-    """x with every non-finite float (in nested dicts and lists) replaced by None: strict JSON."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [nan_to_none(v) for v in x]
-    return x
-
-
-def _scores(m: DetectionMetrics) -> dict[str, Any]:
-    return {**m.summary(), "samples": m.num_samples}
 
 
 def _fmt(v: float | None, width: int = 7) -> str:
@@ -142,9 +112,9 @@ def evaluate_model(model: torch.nn.Module, preset: Preset, data: str | Path | Nu
                    split: str | None = None, *, out: str | Path | None = None, batch_size: int = 1,
                    device: str | torch.device | None = None, num_workers: int = 0, score_threshold: float = 0.1,
                    reset_state: bool = False, meta: dict[str, Any] | None = None,
-                   print_fn: Callable[[str], None] | None = print) -> dict[str, Any]:
+                   print_fn: Callable[[str], None] | None = print) -> EvalReport:
     """Evaluate an in-memory model on ``split`` of ``data`` (a path, a reader or a MultiCamDataset,
-    whose own split is then used); writes the files to ``out`` when given. Returns the report dict."""
+    whose own split is then used); writes the files to ``out`` when given."""
     dataset = eval_dataset(preset, data, split)
     pairs = run_model(model, dataset, dataset.clips(), batch_size, device, reset_state, num_workers)
     return evaluate_outputs(preset, dataset, pairs, out=out, score_threshold=score_threshold,
@@ -156,7 +126,7 @@ def evaluate_outputs(preset: Preset, dataset: MultiCamDataset,
                      pairs: Iterable[tuple[MultiCamBatch, Mapping[str, Any]]], *, out: str | Path | None = None,
                      score_threshold: float = 0.1, video_state: str = "carried",
                      meta: dict[str, Any] | None = None,
-                     print_fn: Callable[[str], None] | None = print) -> dict[str, Any]:
+                     print_fn: Callable[[str], None] | None = print) -> EvalReport:
     """Score a model's outputs over every frame of ``dataset``: the metrics of :func:`evaluate_model`.
 
     pairs: (batch, outputs) in any order covering the dataset's frames, outputs holding ``heatmap``
@@ -206,35 +176,24 @@ def evaluate_outputs(preset: Preset, dataset: MultiCamDataset,
     full, capped = metrics[("all", "full")], metrics[("all", "capped")]
     submission_meta = results_meta()
     submission = results_json(predictions, reader, submission_meta)
-    report: dict[str, Any] = {
-        **(meta or {}), "split": split, "dataset": str(reader.root), "samples": len(per_sample), "scenes": len(dataset.scenes),
-        "video_state": video_state,
-        "detection": full.to_devkit_json(submission_meta),
-        "detection_capped": capped.to_devkit_json(submission_meta),
-        "bev_iou": ious["all"].compute(),
-        "conditions": {},
-        "rare_classes": {},
-    }
+    conditions = {}
     for g in EVAL_CONDITIONS:
-        entry: dict[str, Any] = {"scenes": len(group_scenes[g]), "samples": 0}
         if group_scenes[g]:
-            entry.update(samples=metrics[(g, "full")].num_samples, detection=_scores(metrics[(g, "full")]),
-                         detection_capped=_scores(metrics[(g, "capped")]), bev_iou=ious[g].compute())
-        report["conditions"][g] = entry
-    for c in RARE_CLASSES:
-        if c not in full.label_aps:
-            continue
-        report["rare_classes"][c] = {
-            name: {"num_gt": m.num_gt[c], "num_pred": m.num_pred[c], "AP": m.mean_dist_aps[c],
-                   **{TP_METRIC_NAMES[k][1:]: v for k, v in m.label_tp_errors[c].items()}}
-            for name, m in (("full", full), ("capped", capped))
-        }
-    text = format_report(report, full, capped)
-    report["table"] = text
+            conditions[g] = ConditionScores(
+                scenes=len(group_scenes[g]), samples=metrics[(g, "full")].num_samples,
+                detection=DetectionScores.from_metrics(metrics[(g, "full")]),
+                detection_capped=DetectionScores.from_metrics(metrics[(g, "capped")]), bev_iou=ious[g].compute())
+        else:
+            conditions[g] = ConditionScores(scenes=0, samples=0)
+    report = EvalReport(split=split, dataset=str(reader.root), scenes=len(dataset.scenes), samples=len(per_sample),
+                        video_state=video_state, detection=DetectionScores.from_metrics(full),
+                        detection_capped=DetectionScores.from_metrics(capped), bev_iou=ious["all"].compute(),
+                        conditions=conditions, meta=dict(meta or {}))
+    report = dataclasses.replace(report, table=format_report(report, full, capped))
     if print_fn is not None:
-        print_fn(text)
+        print_fn(report.table)
     if out is not None:
-        report["files"] = write_outputs(Path(out), submission, full, capped, report)
+        report = write_outputs(Path(out), submission, full, capped, report)
     return report
 
 
@@ -244,9 +203,10 @@ def results_meta() -> dict[str, bool]:
 
 
 def write_outputs(out: Path, submission: dict[str, Any], full: DetectionMetrics, capped: DetectionMetrics,
-                  report: dict[str, Any]) -> dict[str, str]:
+                  report: EvalReport) -> EvalReport:
     """Write the results JSON, metrics_summary.json (devkit layout), its capped twin, the details,
-    the full report and the printed tables. Returns name -> path."""
+    the report (eval_report.json, :meth:`EvalReport.to_json`) and the printed tables. Returns the
+    report with ``files`` (name -> path) filled in."""
     out.mkdir(parents=True, exist_ok=True)
     files = {
         "results": out / "results_nusc.json",
@@ -256,42 +216,43 @@ def write_outputs(out: Path, submission: dict[str, Any], full: DetectionMetrics,
         "report": out / "eval_report.json",
         "table": out / "eval_report.txt",
     }
+    meta = results_meta()
     files["results"].write_text(json.dumps(submission))
-    files["metrics_summary"].write_text(json.dumps(report["detection"], indent=2))  # NaN as the devkit writes it
-    files["metrics_summary_capped"].write_text(json.dumps(report["detection_capped"], indent=2))
+    files["metrics_summary"].write_text(json.dumps(full.to_devkit_json(meta), indent=2))  # NaN as the devkit writes it
+    files["metrics_summary_capped"].write_text(json.dumps(capped.to_devkit_json(meta), indent=2))
     files["metrics_details"].write_text(json.dumps(full.to_devkit_details_json()))
-    paths = {k: str(v) for k, v in files.items()}
-    files["report"].write_text(json.dumps(nan_to_none({**report, "files": paths}), indent=2))
-    files["table"].write_text(report["table"] + "\n")
-    return paths
+    report = report.with_files({k: str(v) for k, v in files.items()})
+    files["report"].write_text(json.dumps(report.to_json(), indent=2))
+    files["table"].write_text(report.table + "\n")
+    return report
 
 
-def format_report(report: dict[str, Any], full: DetectionMetrics, capped: DetectionMetrics) -> str:
+def format_report(report: EvalReport, full: DetectionMetrics, capped: DetectionMetrics) -> str:
     """The printed report: per-class tables (benchmark ranges, then capped), BEV IoU, conditions, rare classes."""
-    lines = [(f"split {report['split'] or '(all scenes)'}: {report['scenes']} scenes, {report['samples']} samples, "
-              f"video state {report['video_state']}"), "", full.summary_table(), "",
+    lines = [(f"split {report.split or '(all scenes)'}: {report.scenes} scenes, {report.samples} samples, "
+              f"video state {report.video_state}"), "", full.summary_table(), "",
              f"RANGE-CAPPED to the BEV grid (not the benchmark's numbers): {capped.config.name}",
              capped.summary_table(), "", "BEV segmentation IoU (sigmoid > 0.5; n/a: no ground truth source)"]
-    lines += [f"  {c:<16}{_fmt(v)}" for c, v in report["bev_iou"].items()]
-    seg = list(report["bev_iou"])
+    lines += [f"  {c:<16}{_fmt(v)}" for c, v in report.bev_iou.items()]
+    seg = list(report.bev_iou)
+    errors = ("mATE", "mASE", "mAOE", "mAVE", "mAAE")
     head = f"{'condition':<10}{'scenes':>7}{'samples':>8}{'mAP':>7}{'NDS':>7}" + "".join(
-        f"{n:>7}" for n in ("mATE", "mASE", "mAOE", "mAVE", "mAAE")) + f"{'mAP*':>7}{'NDS*':>7}" + "".join(
-        f"{c[:9]:>10}" for c in seg)
+        f"{n:>7}" for n in errors) + f"{'mAP*':>7}{'NDS*':>7}" + "".join(f"{c[:9]:>10}" for c in seg)
     lines += ["", "Per scene condition (* = range-capped; last columns: BEV IoU)", head]
-    for g, e in report["conditions"].items():
-        if not e["samples"]:
-            lines.append(f"{g:<10}{e['scenes']:>7}{0:>8}  (no scenes)")
+    for g, e in report.conditions.items():
+        if e.detection is None or e.detection_capped is None:
+            lines.append(f"{g:<10}{e.scenes:>7}{0:>8}  (no scenes)")
             continue
-        d, dc = e["detection"], e["detection_capped"]
-        lines.append(f"{g:<10}{e['scenes']:>7}{e['samples']:>8}{_fmt(d['mAP'])}{_fmt(d['NDS'])}" + "".join(
-            _fmt(d[k]) for k in ("mATE", "mASE", "mAOE", "mAVE", "mAAE")) + f"{_fmt(dc['mAP'])}{_fmt(dc['NDS'])}"
-            + "".join(_fmt(e["bev_iou"][c], 10) for c in seg))
+        d, dc = e.detection, e.detection_capped
+        lines.append(f"{g:<10}{e.scenes:>7}{e.samples:>8}{_fmt(d.mAP)}{_fmt(d.NDS)}" + "".join(
+            _fmt(getattr(d, k)) for k in errors) + f"{_fmt(dc.mAP)}{_fmt(dc.NDS)}"
+            + "".join(_fmt(e.bev_iou[c], 10) for c in seg))
     lines += ["", "Rare classes", f"{'class':<22}{'ranges':<8}{'GT':>6}{'pred':>6}{'AP':>7}" + "".join(
         f"{n:>7}" for n in ("ATE", "ASE", "AOE", "AVE", "AAE"))]
-    for c, by_cfg in report["rare_classes"].items():
-        for name, r in by_cfg.items():
-            lines.append(f"{c:<22}{name:<8}{r['num_gt']:>6}{r['num_pred']:>6}{_fmt(r['AP'])}" + "".join(
-                _fmt(r[k]) for k in ("ATE", "ASE", "AOE", "AVE", "AAE")))
+    for name, rare in (("full", report.rare), ("capped", report.rare_capped)):
+        for c, r in rare.items():
+            lines.append(f"{c:<22}{name:<8}{r.num_gt:>6}{r.num_pred:>6}{_fmt(r.AP)}" + "".join(
+                _fmt(getattr(r, k)) for k in ("ATE", "ASE", "AOE", "AVE", "AAE")))
     return "\n".join(lines)
 
 

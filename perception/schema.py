@@ -103,6 +103,11 @@ VISIBILITY: dict[str, tuple[str, str, tuple[float, float]]] = {
 
 # Scene conditions we record in scene.description (comma separated, as nuScenes writes them).
 CONDITIONS: tuple[str, ...] = ("day", "dusk", "night", "rain", "fog", "glare", "dirty_lens", "blocked_lens")
+# The conditions an evaluation reports apart, and the rare ones among them that mining goes after.
+EVAL_CONDITIONS: tuple[str, ...] = ("day", "dusk", "night", "rain", "fog")
+RARE_CONDITIONS: tuple[str, ...] = ("night", "fog")
+# The long tail of the detection classes: reported apart by evaluation, sought by mining.
+RARE_CLASSES: tuple[str, ...] = ("construction_vehicle", "trailer")
 
 
 def visibility_token(visible_fraction: float) -> str:

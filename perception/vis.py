@@ -18,14 +18,8 @@ import cv2
 import numpy as np
 
 from perception.schema import DETECTION_CLASSES
-from perception.geometry import (
-    BOX_EDGES,
-    box_corners,
-    clip_segments_at_near,
-    invert_3x3,
-    project,
-    transform_points,
-)
+from perception.box_geometry import BOX_EDGES, box_corners, clip_segments_at_near
+from perception.geometry import invert_3x3, project, transform_points
 
 __all__ = [
     "CAMERA_LAYOUT",

@@ -10,7 +10,7 @@ import torch
 from data_engine.sim.rig import nuscenes_like_rig
 from perception.presets import Preset, get_preset
 
-INPUT_NAMES = ("images", "K", "ego_T_cam", "cam_valid", "prev_state", "prev_T_curr", "dt")
+from perception.specs import MODEL_INPUT_NAMES as INPUT_NAMES  # noqa: F401  (the tests import it from here)
 
 
 def preset_with(name: str, **model_overrides) -> Preset:

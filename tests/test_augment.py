@@ -26,8 +26,8 @@ from perception.data.augment import (
     drop_cameras,
     sample_aug_T_ego,
 )
+from perception.box_geometry import box_corners
 from perception.geometry import (
-    box_corners,
     invert_intrinsics,
     invert_rigid,
     make_transform,

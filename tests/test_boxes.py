@@ -18,8 +18,8 @@ from perception.boxes import (
     DecodedBoxes,
     DetectionTargets,
     gather_regression,
-    gaussian_radius,
 )
+from perception.heatmap import gaussian_radius
 from perception.schema import DETECTION_CLASSES
 from perception.geometry import BEVGrid
 from perception.presets import PRESETS, get_preset

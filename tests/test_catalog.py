@@ -1,4 +1,4 @@
-"""The frame catalog (data_engine/catalog.py) and `data-engine index | status | query` on a real
+"""The frame catalog (data_engine/catalog/) and `data-engine index | status | query` on a real
 SQLite file and small synthetic datasets."""
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 
 from perception.schema import CAMERA_NAMES, DETECTION_CLASSES
-from perception.geometry import box_corners, project, transform_points
+from perception.box_geometry import box_corners
+from perception.geometry import project, transform_points
 
 from devkit_env import devkit_environ, ensure_devkit_python
 

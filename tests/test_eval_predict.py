@@ -16,7 +16,8 @@ from data_engine.sim.synth import SynthConfig, synthesize
 from perception.cli import app
 from perception.data.nuscenes import load_dataset
 from perception.schema import ATTRIBUTES, DETECTION_CLASSES
-from perception.evaluate import EVAL_CONDITIONS, RARE_CLASSES, evaluate_model, run_model
+from perception.evaluate import EvalReport, evaluate_model, run_model
+from perception.schema import EVAL_CONDITIONS, RARE_CLASSES
 from perception.metrics.nuscenes_io import evaluate_split
 from perception.models.bev_model import build_model
 from perception.presets import get_preset
@@ -88,18 +89,24 @@ def test_eval_writes_submission_metrics_and_tables(world, tmp_path):
     capped = json.loads((out / "metrics_summary_capped.json").read_text())
     assert "capped" in capped["meta"]["eval_config"] and max(capped["cfg"]["class_range"].values()) == 25.6
 
-    report = json.loads((out / "eval_report.json").read_text())
-    assert report["split"] == VAL and report["samples"] == len(tokens) and report["video_state"] == "carried"
-    assert set(report["bev_iou"]) == set(world["preset"].tasks.seg_classes)
-    assert set(report["conditions"]) == set(EVAL_CONDITIONS) and set(report["rare_classes"]) == set(RARE_CLASSES)
+    raw = json.loads((out / "eval_report.json").read_text())  # strict JSON: NaN written as null
+    report = EvalReport.from_json(raw)
+    assert report.to_json() == raw  # reads back whole
+    assert report.split == VAL and report.samples == len(tokens) and report.video_state == "carried"
+    assert report.detection.mAP == pytest.approx(summary["mean_ap"]) and report.detection.NDS == pytest.approx(summary["nd_score"])
+    assert report.detection.classes["car"].AP == pytest.approx(summary["mean_dist_aps"]["car"])
+    assert report.detection_capped.mAP == pytest.approx(capped["mean_ap"])
+    assert set(report.bev_iou) == set(world["preset"].tasks.seg_classes)
+    assert set(report.conditions) == set(EVAL_CONDITIONS) and set(report.rare) == set(RARE_CLASSES)
     scene_conds = reader.scenes_of_split(VAL)[0].description
-    for cond, entry in report["conditions"].items():
+    for cond, entry in report.conditions.items():
         if cond in scene_conds:
-            assert entry["samples"] == len(tokens) and "mAP" in entry["detection"] and "NDS" in entry["detection_capped"]
-            assert entry["detection"]["mAP"] == pytest.approx(summary["mean_ap"])  # the one scene is the whole split
+            assert entry.samples == len(tokens) and entry.detection is not None and entry.detection_capped is not None
+            assert entry.detection.mAP == pytest.approx(summary["mean_ap"])  # the one scene is the whole split
         else:
-            assert entry["samples"] == 0
-    assert (out / "eval_report.txt").read_text().strip() == report["table"].strip()
+            assert entry.samples == 0 and entry.detection is None
+    assert report.meta == {"checkpoint": str(world["ckpt"])} and report.files["report"] == str(out / "eval_report.json")
+    assert (out / "eval_report.txt").read_text().strip() == report.table.strip()
 
 
 class _Spy(torch.nn.Module):
@@ -122,7 +129,7 @@ class _Spy(torch.nn.Module):
 def test_video_state_is_carried_and_reset_at_scene_starts(world, batch_size):
     spy = _Spy(world["model"])
     report = evaluate_model(spy, world["preset"], world["data"], None, batch_size=batch_size, print_fn=None)
-    assert report["samples"] == 6 and report["scenes"] == 2
+    assert report.samples == 6 and report.scenes == 2
     # Frames of each scene in order: the state is zero at a scene's first frame, non-zero after it.
     steps = spy.norms
     assert len(steps) == 6 // batch_size and all(len(s) == batch_size for s in steps)
@@ -135,7 +142,7 @@ def test_video_state_is_carried_and_reset_at_scene_starts(world, batch_size):
     reset = evaluate_model(spy, world["preset"], world["data"], None, batch_size=batch_size, reset_state=True,
                            print_fn=None)
     assert all(n == 0 for norms in spy.norms for n in norms)
-    assert reset["video_state"] == "reset every frame"
+    assert reset.video_state == "reset every frame"
 
 
 def test_carried_state_changes_the_outputs(world):

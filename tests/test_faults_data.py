@@ -74,9 +74,9 @@ def _tree(root: Path) -> set[str]:
 
 def test_ingest_of_a_dataset_whose_table_path_leaves_it_creates_nothing_and_raises(tmp_path: Path) -> None:
     from data_engine.catalog import Catalog
-    from data_engine.labels import label_frames
+    from data_engine.labels.autolabel import label_frames
     from data_engine.sim.synth import SynthConfig, synthesize
-    from data_engine.versions import ingest
+    from data_engine.labels.ingest import ingest
 
     labeled, pool = tmp_path / "labeled", tmp_path / "pool"
     synthesize(SynthConfig(out=labeled, scenes=1, frames=2, seed=21, width=160, height=90), progress=False)
@@ -106,7 +106,8 @@ def test_ingest_of_a_dataset_whose_table_path_leaves_it_creates_nothing_and_rais
 def test_a_version_link_never_lands_outside_the_version_through_a_linked_directory(tmp_path: Path) -> None:
     """A table path naming a directory ("samples") links that directory into the version; the files
     after it must not be written through that link into the original dataset."""
-    from data_engine.versions import VersionError, _write_version
+    from data_engine.labels.ingest import _write_version
+    from data_engine.labels.versions import VersionError
     from perception.schema import TABLES
 
     original = tmp_path / "original"

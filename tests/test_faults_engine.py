@@ -19,14 +19,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from data_engine import labels as labels_module
-from data_engine import versions as versions_module
+from data_engine.labels import ingest as ingest_module
+from data_engine.labels import records as labels_module
 from data_engine.catalog import SCHEMA_VERSION, Catalog, CatalogError
 from data_engine.cli import app
-from data_engine.labels import LabelsError, oracle_labels, write_json
+from data_engine.labels.autolabel import oracle_labels
+from data_engine.labels.ingest import ingest
+from data_engine.labels.records import LabelsError, write_json
 from data_engine.loop import Arm, LoopConfig, LoopError, run_loop
 from data_engine.sim.synth import SynthConfig, synthesize
-from data_engine.versions import ingest
 from perception.data.nuscenes import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,7 +168,7 @@ def test_a_labels_file_over_the_size_limit_is_refused_before_parsing(worlds, tmp
 # -- a killed ingest's leftovers, and ingests at the same time -------------------------------------------------------
 KILLED_INGEST = """
 import os, signal, sys
-import data_engine.versions as v
+import data_engine.labels.ingest as v
 from data_engine.catalog import Catalog
 
 def die(*args, **kwargs):
@@ -214,7 +215,7 @@ def test_a_killed_ingest_leaves_nothing_the_next_one_keeps(worlds, tmp_path) -> 
 def test_two_ingests_at_once_both_land_one_after_the_other(worlds, tmp_path, monkeypatch) -> None:
     db, (first, second) = queued_catalog(tmp_path, worlds, batches=2)
     inside, go_on = threading.Event(), threading.Event()
-    write = versions_module._write_version
+    write = ingest_module._write_version
 
     def paused_write(*args, **kwargs):
         if threading.current_thread().name == "first":
@@ -222,7 +223,7 @@ def test_two_ingests_at_once_both_land_one_after_the_other(worlds, tmp_path, mon
             assert go_on.wait(60)
         return write(*args, **kwargs)
 
-    monkeypatch.setattr(versions_module, "_write_version", paused_write)
+    monkeypatch.setattr(ingest_module, "_write_version", paused_write)
     results: dict[str, object] = {}
 
     def work(path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Tests of perception/geometry.py: transforms, inverses, cameras, quaternions, boxes, the BEV grid.
+"""Tests of perception/geometry.py (transforms, inverses, cameras, quaternions, the BEV grid) and
+perception/box_geometry.py (boxes).
 
 Each test checks a property that a wrong implementation breaks (identities against numpy's
 general routines, hand-computed values, axis directions), not merely that the code runs.
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from perception import box_geometry as bg
 from perception import geometry as g
 
 RNG_SEED = 1234
@@ -370,7 +372,7 @@ def test_rotation_to_quat_refuses_reflections(rng):
 def test_box_corners_yaw0_known_values():
     center = np.array([10.0, 2.0, 1.0])
     w, l, h = 2.0, 4.0, 1.5
-    c = g.box_corners(center, [w, l, h], 0.0)
+    c = bg.box_corners(center, [w, l, h], 0.0)
     assert c.shape == (8, 3)
     # Corner 0: front (+x, half length), left (+y, half width), bottom (-z, half height).
     np.testing.assert_allclose(c[0], [12.0, 3.0, 0.25])
@@ -394,7 +396,7 @@ def test_box_corners_yaw0_known_values():
 
 def test_box_corners_yaw90_front_points_to_plus_y():
     center = np.array([0.0, 0.0, 0.0])
-    c = g.box_corners(center, [2.0, 4.0, 1.0], np.pi / 2)
+    c = bg.box_corners(center, [2.0, 4.0, 1.0], np.pi / 2)
     front = (c[0] + c[3] + c[4] + c[7]) / 4  # centre of the front face
     np.testing.assert_allclose(front, [0.0, 2.0, 0.0], atol=1e-12)
     # Front-left is on the -x side when facing +y.
@@ -407,18 +409,18 @@ def test_box_corners_batched_and_edges(rng):
     centers = rng.normal(size=(n, 3))
     sizes = rng.uniform(0.5, 5.0, size=(n, 3))
     yaws = rng.uniform(-np.pi, np.pi, size=n)
-    c = g.box_corners(centers, sizes, yaws)
+    c = bg.box_corners(centers, sizes, yaws)
     assert c.shape == (n, 8, 3)
     for k in range(n):
-        np.testing.assert_allclose(c[k], g.box_corners(centers[k], sizes[k], yaws[k]))
+        np.testing.assert_allclose(c[k], bg.box_corners(centers[k], sizes[k], yaws[k]))
         # The corners written in the box frame are +-half sizes.
-        local = g.transform_points(g.invert_rigid(g.box_frame(centers[k], yaws[k])), c[k])
+        local = g.transform_points(g.invert_rigid(bg.box_frame(centers[k], yaws[k])), c[k])
         np.testing.assert_allclose(np.abs(local), np.broadcast_to(sizes[k][[1, 0, 2]] / 2, (8, 3)), atol=1e-12)
     # Edges have the lengths of the box: 4 of l, 4 of w, 4 of h.
     w, l, h = sizes[0]
-    lengths = sorted(np.linalg.norm(c[0, i] - c[0, j]) for i, j in g.BOX_EDGES)
+    lengths = sorted(np.linalg.norm(c[0, i] - c[0, j]) for i, j in bg.BOX_EDGES)
     np.testing.assert_allclose(lengths, sorted([l] * 4 + [w] * 4 + [h] * 4), atol=1e-12)
-    assert len(set(g.BOX_EDGES)) == 12
+    assert len(set(bg.BOX_EDGES)) == 12
 
 
 def test_points_in_boxes(rng):
@@ -435,21 +437,21 @@ def test_points_in_boxes(rng):
             [100.0, 100.0, 0.0],
         ]
     )
-    inside = g.points_in_boxes(pts, center, size, yaw)
+    inside = bg.points_in_boxes(pts, center, size, yaw)
     assert inside.shape == (2, 6)
     np.testing.assert_array_equal(inside[0], [True, True, False, False, False, False])
     np.testing.assert_array_equal(inside[1], [False, False, False, False, True, False])
     # Random check against the box frame: inside iff |local| <= half size.
     c, s, y = rng.normal(size=3), rng.uniform(1, 3, size=3), rng.uniform(-np.pi, np.pi)
     p = c + rng.uniform(-3, 3, size=(2000, 3))
-    local = g.transform_points(g.invert_rigid(g.box_frame(c, y)), p)
+    local = g.transform_points(g.invert_rigid(bg.box_frame(c, y)), p)
     expect = (np.abs(local) <= s[[1, 0, 2]] / 2).all(-1)
     assert expect.any() and (~expect).any()
-    np.testing.assert_array_equal(g.points_in_boxes(p, c, s, y)[0], expect)
+    np.testing.assert_array_equal(bg.points_in_boxes(p, c, s, y)[0], expect)
     # Corners shrunk slightly towards the centre are inside; grown slightly, outside.
-    corners = g.box_corners(c, s, y)
-    assert g.points_in_boxes(c + 0.999 * (corners - c), c, s, y).all()
-    assert not g.points_in_boxes(c + 1.001 * (corners - c), c, s, y).any()
+    corners = bg.box_corners(c, s, y)
+    assert bg.points_in_boxes(c + 0.999 * (corners - c), c, s, y).all()
+    assert not bg.points_in_boxes(c + 1.001 * (corners - c), c, s, y).any()
 
 
 # --------------------------------------------------------------------------------------------------

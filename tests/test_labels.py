@@ -14,17 +14,18 @@ from typer.testing import CliRunner
 
 from data_engine.catalog import Catalog, FrameResult
 from data_engine.cli import app
-from data_engine.label_studio import (
+from data_engine.labels.label_studio import (
     BOX_CONTROL,
     FRAME_CONTROL,
     IMAGE_NAME,
     MISSING_CHOICE,
     region_id,
 )
-from data_engine.labels import CLASS_CATEGORY, LabelsError, errors_path
+from data_engine.labels.ingest import ingest
+from data_engine.labels.records import CLASS_CATEGORY, LabelsError, errors_path
+from data_engine.labels.versions import diff_versions
 from data_engine.sim.oracle import label_samples
 from data_engine.sim.synth import SynthConfig, synthesize
-from data_engine.versions import diff_versions, ingest
 from perception.data.nuscenes import load_dataset
 from perception.data.nuscenes_tables import find_version, read_tables
 from perception.schema import CATEGORY_TO_DETECTION, DETECTION_CLASSES

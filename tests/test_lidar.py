@@ -11,7 +11,8 @@ from data_engine.sim import lidar, meshes
 from data_engine.sim.rig import nuscenes_like_rig
 from data_engine.sim.world import FrameCapture, SceneWorld, scene_spec
 from perception.schema import CATEGORY_TO_DETECTION
-from perception.geometry import invert_rigid, points_in_boxes, project, transform_points
+from perception.box_geometry import points_in_boxes
+from perception.geometry import invert_rigid, project, transform_points
 
 # Two scenes that between them put every detection class but the trailer's close to the ego at t = 0
 # (bicycles, motorcycles, adults and children, a construction vehicle, cones, barriers, buses).

@@ -1,5 +1,5 @@
-"""The relabel queue (data_engine/relabel_queue.py, `data-engine queue`) on real catalogs of small synthetic worlds,
-and the box-to-image rectangle it projects with (perception.geometry.box_image_bounds)."""
+"""The relabel queue (data_engine/labels/queue.py, `data-engine queue`) on real catalogs of small synthetic worlds,
+and the box-to-image rectangle it projects with (perception.box_geometry.box_image_bounds)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,13 @@ from typer.testing import CliRunner
 
 from data_engine.catalog import Catalog, FrameResult
 from data_engine.cli import app
-from data_engine.label_studio import BOX_CONTROL, IMAGE_NAME, box_index
-from data_engine.relabel_queue import DEFAULT_IMAGE_URL_PREFIX, QueueError, write_queue
+from data_engine.labels.label_studio import BOX_CONTROL, IMAGE_NAME, box_index
+from data_engine.labels.queue import DEFAULT_IMAGE_URL_PREFIX, QueueError, write_queue
 from data_engine.sim.synth import SynthConfig, synthesize
 from perception.data.nuscenes import load_dataset
 from perception.schema import DETECTION_CLASSES
+from perception.box_geometry import box_corners, box_image_bounds
 from perception.geometry import (
-    box_corners,
-    box_image_bounds,
     camera_rotation_from_yaw_pitch,
     invert_rigid,
     make_transform,

@@ -33,7 +33,8 @@ from perception.data.nuscenes import (
     read_image,
 )
 from perception.schema import CAMERA_NAMES, DETECTION_CLASSES
-from perception.geometry import points_in_boxes, project, transform_points
+from perception.box_geometry import points_in_boxes
+from perception.geometry import project, transform_points
 
 
 @pytest.fixture(scope="module")

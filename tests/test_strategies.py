@@ -234,7 +234,7 @@ def test_label_qa_precision_at_k(tmp_path) -> None:
     from typer.testing import CliRunner
 
     from data_engine.cli import app
-    from data_engine.label_qa import qa_precision
+    from data_engine.labels.qa import qa_precision
     from data_engine.sim.synth import SynthConfig, synthesize
 
     data = tmp_path / "labeled"

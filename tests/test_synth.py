@@ -22,7 +22,8 @@ from data_engine.sim.world import scene_spec
 from data_engine.sim.synth import SynthConfig, synthesize
 from perception.data.nuscenes import load_dataset, load_lidar_points
 from perception.schema import CAMERA_NAMES, TABLES
-from perception.geometry import box_corners, invert_rigid, points_in_boxes, transform_points
+from perception.box_geometry import box_corners, points_in_boxes
+from perception.geometry import invert_rigid, transform_points
 
 SMALL = dict(scenes=2, frames=3, seed=3, width=192, height=108)
 
@@ -430,7 +431,7 @@ def test_world_digest_covers_the_world_code(monkeypatch, tmp_path: Path) -> None
 
 @pytest.mark.parametrize("left", [["STATE/"], ["STATE/lock"], ["STATE/lock", "synth.json.1234.0a1b2c3d.tmp"]])
 def test_a_run_killed_before_its_recipe_left_a_fresh_directory(tmp_path: Path, left: list[str]) -> None:
-    from data_engine.sim.synth import prepare_output
+    from data_engine.sim.synth_output import prepare_output
 
     root = tmp_path / "early"
     (root / ".synth").mkdir(parents=True)

@@ -14,7 +14,7 @@ from perception.models.neck import merge_to_finest
 from perception.models.view_sampling import SamplingLift
 from perception.models.view_transformer import OFFSET_LR_SCALE
 from perception.training.criterion import Criterion
-from perception.training.trainer import param_groups
+from perception.training.parts import param_groups
 
 
 def _features(model, inputs):

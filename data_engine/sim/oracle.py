@@ -16,7 +16,7 @@ import numpy as np
 
 from perception.data.nuscenes import NuScenesDataset, load_dataset
 
-from .synth import RECIPE_FILE
+from .synth_output import RECIPE_FILE
 from .nuscenes_writer import annotation_rows, token
 from .rig import nuscenes_like_rig
 from .world import KEYFRAME_DT, SceneWorld, scene_spec

@@ -7,23 +7,19 @@ scenes are kept, unfinished ones are rendered again from their first frame. A di
 other arguments or by another version of the world's code, or one that holds something else, is
 refused rather than mixed. A run holds an exclusive lock on ``DIR/.synth/lock`` throughout, so a
 second run on the same directory fails at once; workers exit when the run that started them dies.
+The output directory's layout, lock and resume checks are in :mod:`data_engine.sim.synth_output`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import multiprocessing as mp
 import os
-import re
 import select
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -32,27 +28,13 @@ from typing import Any
 
 import perception
 from perception.schema import CATEGORY_TO_DETECTION, DETECTION_CLASSES, TABLES
-from perception.errors import BevStackError
 from perception.process import process_alive
+
+from .synth_output import SynthError, output_lock, prepare_output, scene_file
 
 SYNTH_FORMAT = 1
 VERSION = "v1.0-synth"
-RECIPE_FILE = "synth.json"
-STATE_DIR = ".synth"
-LOCK_FILE = "lock"
 TRAIN_SPLIT, VAL_SPLIT = "synth_train", "synth_val"
-
-
-class SynthError(BevStackError):
-    """Impossible arguments or an output directory that cannot be used."""
-
-
-class RecipeMismatch(SynthError):
-    """The output directory holds a dataset made with other arguments or another version of the world."""
-
-
-class OutputLocked(SynthError):
-    """Another `synth` run is writing the output directory."""
 
 
 @lru_cache(maxsize=1)
@@ -128,6 +110,26 @@ class SynthConfig:
         d["world"] = world_digest()
         return d
 
+    def scene_indices(self) -> list[int]:
+        """The world's scene indices this config renders, in order (see ``quotas``)."""
+        if self.quotas is None:
+            return list(range(self.first_scene, self.first_scene + self.scenes))
+        from perception.schema import parse_conditions
+
+        from .world import scene_spec
+
+        need, picked, i = dict(self.quotas), [], self.first_scene
+        while any(need.values()):
+            if i - self.first_scene > 100_000:
+                raise SynthError(f"--quotas {self.quotas}: the world did not draw enough such scenes")
+            words = parse_conditions(scene_spec(self.seed, i, self.frames).conditions.description())
+            hit = next((w for w in words if need.get(w, 0) > 0), None)
+            if hit is not None:
+                need[hit] -= 1
+                picked.append(i)
+            i += 1
+        return picked
+
 
 @dataclass
 class SynthSummary:
@@ -198,27 +200,6 @@ def _tick() -> None:
             _progress.value += 1
 
 
-def scene_indices(cfg: SynthConfig) -> list[int]:
-    """The world's scene indices ``cfg`` renders, in order (see ``SynthConfig.quotas``)."""
-    if cfg.quotas is None:
-        return list(range(cfg.first_scene, cfg.first_scene + cfg.scenes))
-    from perception.schema import parse_conditions
-
-    from .world import scene_spec
-
-    need, picked, i = dict(cfg.quotas), [], cfg.first_scene
-    while any(need.values()):
-        if i - cfg.first_scene > 100_000:
-            raise SynthError(f"--quotas {cfg.quotas}: the world did not draw enough such scenes")
-        words = parse_conditions(scene_spec(cfg.seed, i, cfg.frames).conditions.description())
-        hit = next((w for w in words if need.get(w, 0) > 0), None)
-        if hit is not None:
-            need[hit] -= 1
-            picked.append(i)
-        i += 1
-    return picked
-
-
 def _render_scene(cfg: SynthConfig, index: int) -> str:
     """Worker: render one scene and write its record file; returns the scene name."""
     from .nuscenes_writer import _write_bytes, scene_records
@@ -228,126 +209,8 @@ def _render_scene(cfg: SynthConfig, index: int) -> str:
     spec = scene_spec(cfg.seed, index, cfg.frames)
     world = SceneWorld(spec, nuscenes_like_rig(cfg.width, cfg.height))
     rows = scene_records(world, cfg.out, cfg.frames, labeled=not cfg.unlabeled, sweeps=cfg.sweeps, on_frame=_tick)
-    _write_bytes(_scene_file(cfg.out, index), json.dumps(rows).encode())
+    _write_bytes(scene_file(cfg.out, index), json.dumps(rows).encode())
     return spec.name
-
-
-def _scene_file(root: Path, index: int) -> Path:
-    return root / STATE_DIR / f"scene-{index:04d}.json"
-
-
-_TMP_NAME = re.compile(r"\.\d+\.[0-9a-f]{8}\.tmp$")  # what nuscenes_writer._write_bytes writes through
-
-
-def _remove_temporaries(root: Path) -> None:
-    """Delete the temporary files of writes a killed run did not finish (none is being written: we
-    hold the lock, and the workers of a killed run are gone)."""
-    for folder, _, files in os.walk(root):
-        for name in files:
-            if _TMP_NAME.search(name):
-                Path(folder, name).unlink(missing_ok=True)
-
-
-def _is_recipe_tmp(p: Path) -> bool:
-    """A temporary file left by a run killed while it wrote the recipe."""
-    return p.name.startswith(RECIPE_FILE + ".") and p.name.endswith(".tmp") and p.is_file()
-
-
-def _is_fresh(root: Path) -> bool:
-    """Whether ``root`` holds nothing but what a run killed before it wrote the recipe leaves behind:
-    an empty ``.synth/`` or one holding only the lock file, and temporary files of the recipe."""
-    for p in root.iterdir():
-        if p.name == STATE_DIR and p.is_dir():
-            if any(q.name != LOCK_FILE for q in p.iterdir()):
-                return False
-        elif not _is_recipe_tmp(p):
-            return False
-    return True
-
-
-def _check_usable(root: Path) -> None:
-    if root.exists() and not root.is_dir():
-        raise SynthError(f"--out {root} exists and is not a directory")
-    if root.is_dir() and not (root / RECIPE_FILE).exists() and not _is_fresh(root):
-        raise SynthError(f"--out {root} is not empty and holds no {RECIPE_FILE}; refusing to write into it")
-
-
-@contextlib.contextmanager
-def output_lock(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``root/.synth/lock`` (creating the directories) or fail at once.
-
-    A directory holding something other than a synth dataset is refused before anything is created
-    in it.
-    """
-    _check_usable(root)
-    state = root / STATE_DIR
-    state.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            who = f" (pid {holder})" if holder.isdigit() else ""
-            raise OutputLocked(f"{root} is being written by another synth run{who}; "
-                               "wait for it to finish or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def prepare_output(cfg: SynthConfig) -> list[int]:
-    """Check the output directory; return the indices of scenes still to render.
-
-    A directory made by an earlier run with the same recipe (arguments and world code) is resumed;
-    anything else that is not empty is refused. Call it holding ``output_lock(cfg.out)``.
-    """
-    root = cfg.out
-    recipe_path = root / RECIPE_FILE
-    _check_usable(root)
-    if recipe_path.exists():
-        try:
-            old = json.loads(recipe_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SynthError(f"{recipe_path} is unreadable ({exc}); delete {root} or choose another --out") from None
-        new = cfg.recipe()
-        if old != new:
-            if not isinstance(old, dict):
-                old = {}
-            reasons = []
-            diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v and k != "world"}
-            if diff:
-                reasons.append(f"made with other arguments {diff} (was, now)")
-            if old.get("world") != new["world"]:
-                reasons.append(f"made by another version of the world (code digest {old.get('world')}, "
-                               f"now {new['world']})")
-            if not reasons:
-                extra = sorted(set(old) - set(new))
-                reasons.append(f"made with other arguments {extra} (not known to this version)")
-            raise RecipeMismatch(f"{root} holds a dataset {' and '.join(reasons)}; "
-                                 "refusing to mix them: choose another --out or delete it")
-        _remove_temporaries(root)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / STATE_DIR).mkdir(exist_ok=True)
-    if not recipe_path.exists():
-        from .nuscenes_writer import _write_bytes
-
-        for tmp in root.iterdir():
-            if _is_recipe_tmp(tmp):
-                tmp.unlink()
-        _write_bytes(recipe_path, json.dumps(cfg.recipe(), indent=1).encode())
-    todo = []
-    for i in scene_indices(cfg):
-        f = _scene_file(root, i)
-        try:
-            json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
-            todo.append(i)
-    return todo
 
 
 def synthesize(cfg: SynthConfig, progress: bool = True) -> SynthSummary:
@@ -417,8 +280,8 @@ def assemble(cfg: SynthConfig) -> SynthSummary:
     for name, rows in static_records(cfg.seed).items():
         tables[name] = rows
     names = []
-    for i in scene_indices(cfg):
-        rows = json.loads(_scene_file(root, i).read_text())
+    for i in cfg.scene_indices():
+        rows = json.loads(scene_file(root, i).read_text())
         for name, part in rows.items():
             tables[name] += part
         names += [s["name"] for s in rows["scene"]]

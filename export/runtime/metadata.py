@@ -35,6 +35,7 @@ from perception.boxes import BoxCodec
 from perception.geometry import BEVGrid
 from perception.presets import Preset, PresetError, is_json_of_type, preset_from_dict, preset_to_dict
 from perception.errors import BevStackError
+from perception.specs import MODEL_INPUT_NAMES, MODEL_OUTPUT_NAMES
 
 __all__ = ["FORMAT_VERSION", "INPUT_NAMES", "METADATA_KEY", "OUTPUT_NAMES", "PRECISIONS", "RIG_INPUTS",
            "MetadataError", "ModelMetadata"]
@@ -42,9 +43,9 @@ __all__ = ["FORMAT_VERSION", "INPUT_NAMES", "METADATA_KEY", "OUTPUT_NAMES", "PRE
 FORMAT_VERSION = 1
 METADATA_KEY = "bevstack.metadata"
 VERSION_KEY = "bevstack.format_version"
-INPUT_NAMES: tuple[str, ...] = ("images", "K", "ego_T_cam", "cam_valid", "prev_state", "prev_T_curr", "dt")
+INPUT_NAMES: tuple[str, ...] = MODEL_INPUT_NAMES
 RIG_INPUTS: tuple[str, ...] = ("K", "ego_T_cam")  # folded into constants by --fixed-rig
-OUTPUT_NAMES: tuple[str, ...] = ("heatmap", "regression", "seg", "state", "embedding")
+OUTPUT_NAMES: tuple[str, ...] = MODEL_OUTPUT_NAMES
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
 

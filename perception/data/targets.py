@@ -13,7 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..geometry import BEVGrid, box_corners, invert_3x3, invert_transform, points_in_boxes
+from ..box_geometry import box_corners, points_in_boxes
+from ..geometry import BEVGrid, invert_3x3, invert_transform
 from ..presets import SEG_PEDESTRIAN_PREFIX, SEG_VEHICLE_PREFIX
 from .sensor_files import MapMask, read_map_mask
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .catalog import Catalog, CatalogError
+from ..catalog import Catalog, CatalogError
 
 __all__ = ["qa_precision", "read_errors"]
 

@@ -10,9 +10,10 @@
 
 The picks are read from the catalog (:meth:`Catalog.selections`); each pick's boxes are in the ego
 frame of its sample's reference pose (``NuScenesDataset.box_set``), so every frame is converted and
-projected with the reader of its own dataset. Label Studio tasks follow :mod:`data_engine.label_studio`:
-a box is a region of a camera's task when :func:`perception.geometry.box_image_bounds` finds it
-visible there, and the region is the rectangle of the box clipped at the camera's near plane.
+projected with the reader of its own dataset. Label Studio tasks follow
+:mod:`data_engine.labels.label_studio`: a box is a region of a camera's task when
+:func:`perception.box_geometry.box_image_bounds` finds it visible there, and the region is the rectangle of
+the box clipped at the camera's near plane.
 
 Image URLs are ``image_url_prefix`` + the image's absolute path (percent-encoded). The default,
 ``/data/local-files/?d=`` + the path without its leading ``/``, is Label Studio's local file serving:
@@ -39,7 +40,7 @@ import cv2
 import numpy as np
 
 from data_engine.catalog import PREDICTION_KEYS, Catalog, Selection
-from data_engine.label_studio import BOX_CONTROL, IMAGE_NAME, labeling_config, region_id
+from .label_studio import BOX_CONTROL, IMAGE_NAME, labeling_config, region_id
 from perception.data.nuscenes import (
     DatasetError,
     NuScenesDataset,
@@ -47,7 +48,7 @@ from perception.data.nuscenes import (
     read_image,
 )
 from perception.schema import DETECTION_CLASSES
-from perception.geometry import box_image_bounds
+from perception.box_geometry import box_image_bounds
 from perception.metrics.detection_boxes import EvalBoxes, attributes_from_velocity
 from perception.metrics.nuscenes_io import results_json
 from perception.preprocess import ResizeCrop
