@@ -274,18 +274,16 @@ def loop(
     config: Path = typer.Option(..., "--config", help="The loop's YAML (see configs/loops/tiny.yaml)."),
     out: str = typer.Option(None, "--out", help="Output directory (overrides the config's out)."),
     seeds: str = typer.Option(None, "--seeds", help="Seeds, comma-separated (overrides the config's seeds)."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides of the config, e.g. budget=10 rounds=1."),
 ) -> None:
     """The closed loop: rounds of train, export, mine, queue, label, ingest, retrain; per strategy and random."""
     from data_engine.loop import LoopError, load_loop_config, run_loop
 
-    overrides: dict[str, object] = {}
+    overrides = list(overrides or [])
     if out:
-        overrides["out"] = out
+        overrides.append(f"out={out}")
     if seeds:
-        try:
-            overrides["seeds"] = [int(x) for x in seeds.split(",") if x.strip()]
-        except ValueError:
-            raise _fail(f"--seeds: expected integers separated by commas, got {seeds!r}") from None
+        overrides.append(f"seeds=[{seeds}]")
     try:
         cfg = load_loop_config(config, overrides)
         report = run_loop(cfg, log=typer.echo)

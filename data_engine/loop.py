@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from typing import Any
 from .catalog import Catalog, CatalogError
 from .loop_report import format_report, plot_curves, summarize
 from perception.errors import BevStackError
+from perception.typed_config import ConfigError, build_dataclass, parse_override, read_yaml_mapping
 from perception.metrics.report import EvalReport
 from perception.schema import RARE_CLASSES, RARE_CONDITIONS
 
@@ -131,33 +132,26 @@ class LoopConfig:
                                 "loop arm picks frames of the unlabeled pool")
 
 
-def load_loop_config(path: str | Path, overrides: dict[str, Any] | None = None, check_paths: bool = True) -> LoopConfig:
-    """Read a loop YAML (keys of :class:`LoopConfig`; arms as a list of {name, strategies}); with
-    ``check_paths`` the datasets and the training config must exist."""
-    import yaml
-
-    path = Path(path)
+def load_loop_config(path: str | Path, overrides: Sequence[str] = (), check_paths: bool = True) -> LoopConfig:
+    """Read a loop YAML (keys of :class:`LoopConfig`; arms as a list of {name, strategies}) with
+    ``key=value`` ``overrides``, each value checked against its field's type by the loader of
+    experiment configs (:mod:`perception.typed_config`); with ``check_paths`` the datasets and the
+    training config must exist (:meth:`LoopConfig.validate`)."""
+    sources: dict[str, str] = {}
+    texts: dict[str, str] = {}
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise LoopError(f"{path}: cannot read the loop config ({exc})") from None
-    raw.update(overrides or {})
-    known = set(LoopConfig.__dataclass_fields__)
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise LoopError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
-    if isinstance(raw.get("plugins"), str):
-        raw["plugins"] = [raw["plugins"]]
-    if "arms" in raw:
-        try:
-            raw["arms"] = [Arm(str(a["name"]), [str(s) for s in (a["strategies"] if isinstance(a["strategies"], list)
-                                                                  else str(a["strategies"]).split(","))])
-                           for a in raw["arms"]]
-        except (TypeError, KeyError) as exc:
-            raise LoopError(f"{path}: arms: each needs a name and strategies ({exc})") from None
-    try:
-        cfg = LoopConfig(**raw)
-    except TypeError as exc:
+        raw = read_yaml_mapping(path, "a loop config is a mapping of the keys of LoopConfig")
+        sources.update({str(k): str(path) for k in raw})
+        for item in overrides:
+            key, value, text = parse_override(item)
+            raw[key], sources[key], texts[key] = value, f"override {item!r}", text
+        if isinstance(raw.get("plugins"), str):  # one plugin file
+            raw["plugins"] = [raw["plugins"]]
+        for arm in raw.get("arms") or []:  # strategies as "a,b"
+            if isinstance(arm, dict) and isinstance(arm.get("strategies"), str):
+                arm["strategies"] = [s.strip() for s in arm["strategies"].split(",") if s.strip()]
+        cfg = build_dataclass(LoopConfig, raw, "", texts, sources)
+    except ConfigError as exc:
         raise LoopError(f"{path}: {exc}") from None
     if check_paths:
         cfg.validate()

@@ -19,21 +19,16 @@ lists (``[0.9, 1.1]`` for tuple fields) work on the command line too.
 from __future__ import annotations
 
 import re
-import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
 import yaml
 
 from .presets import PRESETS, Preset, get_preset, with_backbone_normalization
 from .specs import BACKBONE_NAMES, AugmentConfig, DatasetConfig, LossConfig, ModelConfig
-from perception.errors import BevStackError
-
-
-class ConfigError(BevStackError):
-    """An unknown key or a bad value in an experiment configuration (the message names it)."""
+from .typed_config import ConfigError, build_dataclass, coerce, parse_override, read_yaml_mapping
 
 
 @dataclass(frozen=True)
@@ -155,23 +150,10 @@ def resolve(cfg: ExperimentConfig) -> Preset:
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """The experiment of YAML file ``path`` (None: all defaults) with ``key=value`` ``overrides`` applied
     in order. Raises :class:`ConfigError` naming any unknown key or bad value."""
-    data: Any = {}
-    origin = "defaults"
-    if path is not None:
-        origin = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(f"cannot read config {path}: {e}") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not UTF-8 text ({e})") from None
-        data = _parse_yaml(text, f"{path}: not valid YAML")
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{path}: a config is a mapping of sections {list(TOP_LEVEL_KEYS)}, "
-                              f"got {type(data).__name__}")
-    return from_dict(data, overrides, origin=origin)
+    if path is None:
+        return from_dict({}, overrides, origin="defaults")
+    data = read_yaml_mapping(path, f"a config is a mapping of sections {list(TOP_LEVEL_KEYS)}")
+    return from_dict(data, overrides, origin=str(path))
 
 
 def from_dict(data: Mapping[str, Any], overrides: Sequence[str] = (), origin: str = "dict") -> ExperimentConfig:
@@ -183,27 +165,10 @@ def from_dict(data: Mapping[str, Any], overrides: Sequence[str] = (), origin: st
     for key, value in data.items():
         _set(tree, str(key), value, origin, sources)
     for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=3e-4)")
-        value = _parse_yaml(text, f"{key}: cannot parse value {text!r}")
+        key, value, text = parse_override(item)
         _set(tree, key, value, f"override {item!r}", sources)
-        texts[key] = text.strip()
+        texts[key] = text
     return _build(tree, texts, sources)
-
-
-def _parse_yaml(text: str, what: str) -> Any:
-    """``yaml.safe_load(text)``; a :class:`ConfigError` starting with ``what`` when it cannot be read
-    (bad syntax, nesting deeper than the parser recurses, an integer of more digits than Python converts)."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{what}: {e}") from None
-    except RecursionError:
-        raise ConfigError(f"{what}: nested too deeply") from None
-    except ValueError as e:
-        raise ConfigError(f"{what}: {' '.join(str(e).split())}") from None
 
 
 def _set(tree: dict[str, Any], key: str, value: Any, source: str, sources: dict[str, str]) -> None:
@@ -234,7 +199,7 @@ def _set(tree: dict[str, Any], key: str, value: Any, source: str, sources: dict[
 
 
 def _build(tree: dict[str, Any], texts: dict[str, str], sources: dict[str, str]) -> ExperimentConfig:
-    name = _coerce(tree.get("preset", ExperimentConfig.preset), str, "preset", texts.get("preset"), sources)
+    name = coerce(tree.get("preset", ExperimentConfig.preset), str, "preset", texts.get("preset"), sources)
     if name not in PRESETS:
         raise ConfigError(f"preset: unknown preset {name!r} (from {sources.get('preset')}); "
                           f"known presets: {', '.join(PRESETS)}")
@@ -252,93 +217,10 @@ def _build(tree: dict[str, Any], texts: dict[str, str], sources: dict[str, str])
 def _build_section(section: str, base: Any, values: Mapping[str, Any], texts: dict[str, str],
                    sources: dict[str, str]) -> Any:
     """``base`` with ``values`` replaced, each checked against its field type; runs the class's validation."""
-    hints = get_type_hints(type(base))
-    excluded = SET_ELSEWHERE.get(section, {})
-    valid = [f.name for f in fields(base) if f.name not in excluded]
-    kwargs = {}
-    for key, value in values.items():
-        dotted = f"{section}.{key}"
-        if key in excluded:
-            raise ConfigError(f"key {dotted!r} (from {sources.get(dotted)}) is set by {excluded[key]}")
-        if key not in valid:
-            raise ConfigError(f"unknown key {dotted!r} (from {sources.get(dotted)}); "
-                              f"valid keys of '{section}': {', '.join(valid)}")
-        kwargs[key] = _coerce(value, hints[key], dotted, texts.get(dotted), sources)
-    if section == "model" and kwargs.get("backbone", base.backbone) not in BACKBONE_NAMES:
-        raise ConfigError(f"model.backbone: unknown backbone {kwargs['backbone']!r}; known: {', '.join(BACKBONE_NAMES)}")
-    try:
-        return replace(base, **kwargs)
-    except (ValueError, TypeError) as e:  # the section's own validation: its message, named by section
-        message = str(e)
-        raise ConfigError(message if message.startswith(f"{section}.") else f"{section}: {message}") from None
-
-
-def _coerce(value: Any, tp: Any, key: str, text: str | None = None,
-            sources: Mapping[str, str] | None = None) -> Any:
-    """``value`` as field type ``tp`` (int, float, bool, str, Literal, optional/union, tuple of those);
-    ints are accepted (and converted) for floats, lists for tuples. ``text`` is the override as written."""
-    origin = get_origin(tp)
-    if origin is Union or origin is types.UnionType:
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key, text, sources)
-            except ConfigError:
-                pass
-    elif origin is Literal:
-        if isinstance(value, str) and value in get_args(tp):
-            return value
-    elif origin is tuple:
-        args = get_args(tp)
-        if isinstance(value, (list, tuple)):
-            if len(args) == 2 and args[1] is Ellipsis:
-                return tuple(_coerce(v, args[0], f"{key}[{i}]", None, sources) for i, v in enumerate(value))
-            if len(value) == len(args):
-                return tuple(_coerce(v, a, f"{key}[{i}]", None, sources) for i, (v, a) in enumerate(zip(value, args)))
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                return float(value)
-            except OverflowError:  # an int beyond the float range
-                pass
-        elif isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-        if text is not None and value is not None:  # train.name=2024: the text as written
-            return text
-    else:
-        raise TypeError(f"{key}: unsupported config field type {tp!r}")
-    source = (sources or {}).get(key.split("[")[0])
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}" + (f" (from {source})" if source else ""))
-
-
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Union or origin is types.UnionType:
-        return " | ".join("None" if a is type(None) else _type_name(a) for a in get_args(tp))
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if origin is tuple:
-        args = get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_type_name(args[0])}"
-        return f"a list of {len(args)} ({', '.join(_type_name(a) for a in args)})"
-    return getattr(tp, "__name__", str(tp))
+    built = build_dataclass(base, values, section, texts, sources, SET_ELSEWHERE.get(section))
+    if section == "model" and built.backbone not in BACKBONE_NAMES:
+        raise ConfigError(f"model.backbone: unknown backbone {built.backbone!r}; known: {', '.join(BACKBONE_NAMES)}")
+    return built
 
 
 # --------------------------------------------------------------------------------------------------

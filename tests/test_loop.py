@@ -87,7 +87,26 @@ def test_loop_config_errors(loop_run, tmp_path) -> None:
     assert res.exit_code == 1 and "val_data" in res.output and "is the pool" in res.output
     bad.write_text(f"seed_data: {root / 'seed'}\npool: {root / 'pool'}\nbudgett: 3\n")
     res = CliRunner().invoke(app, ["loop", "--config", str(bad)])
-    assert res.exit_code == 1 and "unknown keys ['budgett']" in res.output
+    assert res.exit_code == 1 and "unknown key 'budgett'" in res.output and "valid keys: seed_data, pool" in res.output
+
+
+def test_a_loop_config_is_typed_like_an_experiment_config(tmp_path) -> None:
+    from data_engine.loop import Arm, LoopError, load_loop_config
+
+    path = tmp_path / "loop.yaml"
+    path.write_text("seed_data: s\npool: p\nbudget: 5\narms:\n  - {name: mined, strategies: 'det_entropy, novelty'}\n"
+                    "  - {name: random, strategies: [random]}\nplugins: mine.py\n")
+    cfg = load_loop_config(path, ["rounds=4", "seeds=[1, 2]", "diversity=0.5"], check_paths=False)
+    assert (cfg.budget, cfg.rounds, cfg.seeds, cfg.diversity, cfg.plugins) == (5, 4, [1, 2], 0.5, ["mine.py"])
+    assert cfg.arms == [Arm("mined", ["det_entropy", "novelty"]), Arm("random", ["random"])]
+    for override, message in [("budget=3x", "budget: expected int, got '3x' (from override 'budget=3x')"),
+                              ("seeds=[0, x]", "seeds[1]: expected int, got 'x'"),
+                              ("arms=[{name: a}]", "arms[0]"),
+                              ("diversity=true", "diversity: expected float, got True"),
+                              ("rounds", "is not key=value")]:
+        with pytest.raises(LoopError) as info:
+            load_loop_config(path, [override], check_paths=False)
+        assert str(info.value).startswith(f"{path}: ") and message in str(info.value), (override, str(info.value))
 
 
 def test_the_demo_runs_end_to_end(tmp_path) -> None:
