@@ -14,8 +14,8 @@
    repeats this with another ONNX model (for instance a longer-trained one), to see how the yield
    depends on the model that mines.
 
-Writes bench/results/active_learning.json and bench/results/learning_curves.png and prints the README
-tables. Costs about 45 minutes per seed on 2 CPU cores with the defaults (resumable).
+Writes bench/results/active_learning.json and bench/results/learning_curves.png and prints the tables
+of docs/results.md. Costs about 45 minutes per seed on 2 CPU cores with the defaults (resumable).
 """
 
 from __future__ import annotations

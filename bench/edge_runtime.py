@@ -6,7 +6,7 @@ with `perception bench`, and put the accuracy of each precision beside its speed
         [--threads 2] [--runs 50] [--skip-export]
 
 Writes runs/export/edge_cpu*/ (models and export_report.json) and bench/results/edge_runtime.json,
-and prints the README table. Run it alone: a second busy process skews the timings.
+and prints the table of docs/results.md. Run it alone: a second busy process skews the timings.
 """
 
 from __future__ import annotations

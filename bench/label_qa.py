@@ -7,7 +7,7 @@ disagreement, and report precision at k of finding the frames that hold an error
 Per seed, in a fresh catalog: `data-engine index DATA`, `label --oracle sim --state labeled --inject`,
 `ingest --relabel` (the noisy labels become the newest version), `mine --strategy disagreement`,
 `qa`. The base rate (fraction of frames holding an error) is what a random ranking finds on average.
-Writes bench/results/label_qa.json and prints the README table.
+Writes bench/results/label_qa.json and prints the table of docs/results.md.
 """
 
 from __future__ import annotations

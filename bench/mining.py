@@ -10,8 +10,8 @@ and scores its first ``--scenes`` scenes with det_entropy, seg_entropy and flick
 results to the catalog as `data-engine mine` does. Frames per second are steady-state: counted from
 the first finished scene (or batch of scenes) to the last; the time to the first one is the start-up. The long row scores the
 whole pool ``--long-passes`` times (a new run each pass) and samples the resident memory of the
-driver and its worker processes every 0.5 s. Writes bench/results/mining.json and prints the README
-table. Run it alone: a second busy process skews the timings.
+driver and its worker processes every 0.5 s. Writes bench/results/mining.json and prints the table
+of docs/results.md. Run it alone: a second busy process skews the timings.
 """
 
 from __future__ import annotations
