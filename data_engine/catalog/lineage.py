@@ -4,32 +4,21 @@ the closed loop's rounds trained on those versions."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .schema import CatalogError
-
-if TYPE_CHECKING:
-    from contextlib import AbstractContextManager
+from .schema import CatalogError, TableGroup
 
 
-class LineageTables:
+
+class LineageTables(TableGroup):
     """Label batches, dataset versions and loop rounds: it owns the tables ``label_batches``,
     ``label_batch_frames``, ``dataset_versions`` and ``loop_rounds`` (and marks ingested frames
     ``labeled`` with their classes).
 
-    A mixin of :class:`.store.Catalog`: it relies on the core's ``self.conn`` (the open connection),
-    ``self.path`` (named in errors) and ``self.transaction()`` (one write transaction).
+    A mixin of :class:`.store.Catalog` (see :class:`.schema.TableGroup`).
     """
-
-    path: Path
-    conn: sqlite3.Connection
-
-    if TYPE_CHECKING:
-        def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
     def record_loop_round(self, loop: str, arm: str, seed: int, rnd: int, labeled_frames: int, version: str,
                           metrics: dict[str, Any]) -> None:

@@ -3,34 +3,23 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .records import _FRAME_COLUMNS, FrameResult, Selection, _frame_row
-from .schema import CatalogError
-
-if TYPE_CHECKING:
-    from contextlib import AbstractContextManager
+from .schema import CatalogError, TableGroup
 
 
-class MiningRunTables:
+
+class MiningRunTables(TableGroup):
     """The catalog's mining runs: it owns the tables ``mining_runs``, ``frame_results``, ``scores``,
     ``selections`` and ``run_scenes`` (and moves picked frames to ``queued``).
 
-    A mixin of :class:`.store.Catalog`: it relies on the core's ``self.conn`` (the open connection),
-    ``self.path`` (named in errors) and ``self.transaction()`` (one write transaction).
+    A mixin of :class:`.store.Catalog` (see :class:`.schema.TableGroup`).
     """
-
-    path: Path
-    conn: sqlite3.Connection
-
-    if TYPE_CHECKING:
-        def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
     def run_id(self, name: str) -> int:
         row = self.conn.execute("SELECT id FROM mining_runs WHERE name = ?", (name,)).fetchone()

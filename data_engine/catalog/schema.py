@@ -8,8 +8,12 @@ import os
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from perception.errors import BevStackError
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
 
 LABEL_STATES: tuple[str, ...] = ("unlabeled", "queued", "labeled")
 
@@ -188,3 +192,14 @@ def _open_failure(path: Path, exc: sqlite3.DatabaseError) -> Exception:
     if code in (_SQLITE_IOERR, _SQLITE_CANTOPEN, _SQLITE_READONLY, _SQLITE_PERM):
         return CatalogError(f"{path}: cannot open the catalog ({exc}): check the disk and the file's permissions")
     return CatalogError(f"{path}: not a catalog ({exc})")
+
+
+class TableGroup:
+    """The part of :class:`.store.Catalog` a table group's mixin relies on: ``conn`` (the open
+    connection), ``path`` (named in errors) and ``transaction()`` (one write transaction)."""
+
+    path: Path
+    conn: sqlite3.Connection
+
+    if TYPE_CHECKING:
+        def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
