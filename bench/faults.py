@@ -6,7 +6,7 @@
    and a catalog (bench/fault_contention.py; the disks are tmpfs mounts, so this part needs root);
 3. property-based malformed inputs to every reader (bench/fault_inputs.py).
 Prints kills survived per command, inputs tried per reader, tracebacks and data lost, and writes
-them as JSON. ``--quick`` is the form ``make test`` runs (tests/test_faults_sweep.py).
+them as JSON. ``--quick`` is the form ``make test`` runs (tests/faults/test_faults_sweep.py).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ the same seed gives the same result.
 Pixel convention: cv2's, integer coordinates are pixel centres. albumentations 2.0.8 follows it for
 the transforms used here: ``Affine`` warps pixels and keypoints with one matrix built around the
 centre ``(W/2 - 0.5, H/2 - 0.5)``, and ``HorizontalFlip`` maps ``x -> W - 1 - x`` for both (checked
-against drawn markers in tests/test_augment.py). Avoided on purpose: ``RandomScale``/``Resize``,
+against drawn markers in tests/perception/test_augment.py). Avoided on purpose: ``RandomScale``/``Resize``,
 whose keypoints scale as ``x * s`` while cv2.resize moves pixel centres to ``(x + 0.5) * s' - 0.5``
 with ``s'`` the rounded size ratio (measured 0.3 px off at s = 1.1 on 224 rows), and
 ``MotionBlur``'s default shifted, directional kernels (they move content without moving keypoints).

@@ -480,13 +480,15 @@ def test_demo_rerenders_its_stale_outputs(tmp_path: Path) -> None:
     (root / "stale.txt").write_text("from the old world")
     out = io.StringIO()
     render_own(cfg, Console(file=out, width=300))
-    assert "deleting it and rendering it again" in out.getvalue()
-    assert "another version of the world" in out.getvalue()
+    said = " ".join(out.getvalue().split())  # rich wraps long lines where the temporary path's length puts them
+    assert "deleting it and rendering it again" in said
+    assert "another version of the world" in said
     assert not (root / "stale.txt").exists() and _digest(root) == reference
     # Another recipe (here the seed) is its own scratch output too.
     out = io.StringIO()
     render_own(SynthConfig(out=root, workers=1, **{**TINY, "scenes": 1, "seed": 4}), Console(file=out, width=300))
-    assert "deleting it and rendering it again" in out.getvalue() and "seed" in out.getvalue()
+    said = " ".join(out.getvalue().split())
+    assert "deleting it and rendering it again" in said and "seed" in said
     assert json.loads((root / "synth.json").read_text())["seed"] == 4
 
 

@@ -11,18 +11,14 @@ from typer.testing import CliRunner
 
 from data_engine.catalog import SCHEMA_VERSION, Catalog, CatalogError
 from data_engine.cli import app
-from data_engine.sim.synth import SynthConfig, synthesize
 from perception.data.nuscenes import load_dataset
 from perception.schema import parse_conditions
 
 
 @pytest.fixture(scope="module")
-def worlds(tmp_path_factory):
-    root = tmp_path_factory.mktemp("catalog")
-    labeled, pool = root / "labeled", root / "pool"
-    synthesize(SynthConfig(out=labeled, scenes=2, frames=3, seed=11, width=160, height=90), progress=False)
-    synthesize(SynthConfig(out=pool, scenes=2, frames=3, seed=12, width=160, height=90, unlabeled=True), progress=False)
-    return {"labeled": labeled, "pool": pool}
+def worlds(synth_world, synth_pool):
+    """The shared labeled world and pool (tests/conftest.py): 2 scenes of 3 frames each."""
+    return {"labeled": synth_world, "pool": synth_pool}
 
 
 def test_index_status_and_query(worlds, tmp_path) -> None:

@@ -1,9 +1,9 @@
 """Check a nuScenes-format dataset with the official devkit (nuscenes-devkit 1.2.0).
 
-Run with the devkit venv's python (see tests/devkit_env.py), never the project's: the devkit pins
+Run with the devkit venv's python (see tests/support/devkit_env.py), never the project's: the devkit pins
 numpy<2, so this script imports only the devkit and its dependencies, none of our packages.
 
-    python tests/devkit/check_dataset.py --dataroot DIR --version v1.0-synth --split synth_val --out OUT.json
+    python tests/support/devkit/check_dataset.py --dataroot DIR --version v1.0-synth --split synth_val --out OUT.json
 
 It
   (a) loads ``NuScenes(version, dataroot)``;

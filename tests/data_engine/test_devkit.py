@@ -1,7 +1,7 @@
 """The official nuScenes devkit loads what ``data-engine synth`` writes, and agrees with us about it.
 
 One synthetic dataset is generated; the devkit (in its own venv, it pins numpy<2: see
-tests/devkit_env.py) runs tests/devkit/check_dataset.py over its validation split. Then:
+tests/support/devkit_env.py) runs tests/support/devkit/check_dataset.py over its validation split. Then:
 
 - the devkit loads it, and its consistency checks find no problem;
 - every box the devkit projects into a camera, our reader (perception.data.nuscenes) projects to
@@ -14,11 +14,8 @@ tests/devkit_env.py) runs tests/devkit/check_dataset.py over its validation spli
 
 from __future__ import annotations
 
-import functools
 import json
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,43 +26,14 @@ from perception.schema import CAMERA_NAMES, DETECTION_CLASSES
 from perception.box_geometry import box_corners
 from perception.geometry import project, transform_points
 
-from devkit_env import devkit_environ, ensure_devkit_python
+from devkit_env import DEVKIT_SCRIPTS, devkit_environ, ensure_devkit_python
+from devkit_world import synth_args
 
 pytestmark = pytest.mark.slow
 
-CHECK_SCRIPT = Path(__file__).resolve().parent / "devkit" / "check_dataset.py"
+CHECK_SCRIPT = DEVKIT_SCRIPTS / "check_dataset.py"
 VERSION = "v1.0-synth"
 SPLIT = "synth_val"
-
-# Small enough for a 2-core CI machine. With 5 scenes the val split is scene-0004 alone; the seed is
-# the first whose scene-0004 brings an actor of every detection class within 30 m of the ego at
-# some keyframe, found by building the scene without rendering it. That the split then holds all
-# 10 classes within the evaluator's ranges, with lidar points, is asserted below.
-def _seed_with_every_class_in_val(scenes: int = 5, frames: int = 4) -> int:
-    from data_engine.sim.rig import nuscenes_like_rig
-    from data_engine.sim.world import KEYFRAME_DT, SceneWorld, scene_spec
-    from perception.schema import CATEGORY_TO_DETECTION
-
-    rig = nuscenes_like_rig(64, 36)
-    for seed in range(200):
-        spec = scene_spec(seed, scenes - 1, frames)
-        if not (spec.construction and spec.trailers):
-            continue  # the two rare parts of the world: work zones and trailers
-        world = SceneWorld(spec, rig)
-        near = set()
-        for k in range(frames):
-            ego_xy = world.global_T_ego(k * KEYFRAME_DT)[:2, 3]
-            for actor in world.actors:
-                if actor.category and np.linalg.norm(world.actor_state(actor, k * KEYFRAME_DT)[0][:2] - ego_xy) < 30:
-                    near.add(CATEGORY_TO_DETECTION[actor.category])
-        if near == set(DETECTION_CLASSES):
-            return seed
-    raise AssertionError("no seed below 200 gives a val scene with every detection class near the ego")
-
-
-@functools.cache
-def synth_args() -> dict[str, int]:
-    return dict(scenes=5, frames=4, seed=_seed_with_every_class_in_val(), width=400, height=225, workers=2)
 
 PIXEL_TOLERANCE = 0.5  # px, our projection vs the devkit's
 HULL_COVERAGE = 0.95  # fraction of an instance's mask pixels inside its projected box
@@ -81,16 +49,6 @@ _OUR_SIGNS = np.sign(box_corners(np.zeros(3), np.ones(3), 0.0))
 DEVKIT_TO_OURS = np.array([int(np.flatnonzero((_OUR_SIGNS == s).all(1))[0]) for s in _DEVKIT_SIGNS])
 
 
-def _data_engine_command() -> list[str]:
-    exe = Path(sys.executable).parent / "data-engine"
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("data-engine")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "data_engine.cli"]
-
-
 @pytest.fixture(scope="module")
 def devkit_python() -> Path:
     start = time.monotonic()
@@ -103,25 +61,9 @@ def devkit_python() -> Path:
 
 
 @pytest.fixture(scope="module")
-def synth_root(tmp_path_factory) -> Path:
-    root = render_devkit_world(tmp_path_factory.mktemp("synth"))
-    assert (root / VERSION / "splits.json").is_file(), f"no {VERSION}/splits.json under {root}"
-    return root
-
-
-def render_devkit_world(root: Path) -> Path:
-    """Run `data-engine synth` with :func:`synth_args` into ``root`` (shared by the metrics test)."""
-    a = synth_args()
-    cmd = _data_engine_command() + [
-        "synth", "--out", str(root), "--scenes", str(a["scenes"]), "--frames", str(a["frames"]),
-        "--seed", str(a["seed"]), "--width", str(a["width"]), "--height", str(a["height"]),
-        "--workers", str(a["workers"]),
-    ]  # fmt: skip
-    start = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    print(f"synth wrote {root} in {time.monotonic() - start:.1f} s")
-    return root
+def synth_root(devkit_world: Path) -> Path:
+    assert (devkit_world / VERSION / "splits.json").is_file(), f"no {VERSION}/splits.json under {devkit_world}"
+    return devkit_world
 
 
 @pytest.fixture(scope="module")

@@ -49,12 +49,12 @@ def test_an_experiment_config_parses_with_torch_unimportable() -> None:
         "print('ok')\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[2])
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
 
 
 LINT_IMPORTS = str(Path(sys.executable).parent / "lint-imports")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_import_contracts_hold() -> None:

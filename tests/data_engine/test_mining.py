@@ -29,10 +29,11 @@ W, H = 352, 198
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, synth_world):
+    """The shared labeled world (2 scenes of 3 frames, W x H), a pool of 4 scenes of 5 frames, and the tiny
+    model at its random initialization, exported."""
     root = tmp_path_factory.mktemp("mining")
-    labeled, pool = root / "labeled", root / "pool"
-    synthesize(SynthConfig(out=labeled, scenes=2, frames=3, seed=21, width=W, height=H), progress=False)
+    labeled, pool = synth_world, root / "pool"
     synthesize(SynthConfig(out=pool, scenes=4, frames=5, seed=22, width=W, height=H, unlabeled=True), progress=False)
     ckpt, _ = random_tiny_checkpoint(root / "run" / "best.pt")
     export_checkpoint(ckpt, root / "export", ["fp32"], evaluate=False, log=lambda _: None)

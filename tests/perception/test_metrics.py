@@ -1,6 +1,6 @@
 """perception.metrics on hand-made cases whose answers are worked out by hand (fast).
 
-The agreement with the official devkit on realistic predictions is tests/test_metrics_devkit.py.
+The agreement with the official devkit on realistic predictions is tests/perception/test_metrics_devkit.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The nuScenes reader against a fixture with known ground truth (tests/nuscenes_fixture.py)."""
+"""The nuScenes reader against a fixture with known ground truth (tests/support/nuscenes_fixture.py)."""
 
 from __future__ import annotations
 

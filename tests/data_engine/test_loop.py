@@ -128,7 +128,7 @@ def test_the_shipped_loop_config_parses() -> None:
     from data_engine.loop import load_loop_config
     from data_engine.mining.strategies import make_strategy
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cfg = load_loop_config(root / "configs" / "loops" / "tiny.yaml", check_paths=False)
     assert (root / cfg.train_config).is_file() and cfg.val_data and cfg.val_data != cfg.pool
     assert [a.name for a in cfg.arms][-1] == "random" and len(cfg.arms) <= 4

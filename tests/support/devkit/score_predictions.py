@@ -1,9 +1,9 @@
 """Score detection results with the official nuScenes devkit (nuscenes-devkit 1.2.0).
 
-Run with the devkit venv's python (see tests/devkit_env.py), never the project's: the devkit pins
+Run with the devkit venv's python (see tests/support/devkit_env.py), never the project's: the devkit pins
 numpy<2, so this script imports only the devkit and its dependencies, none of our packages.
 
-    python tests/devkit/score_predictions.py --dataroot DIR --version v1.0-synth --split synth_val \
+    python tests/support/devkit/score_predictions.py --dataroot DIR --version v1.0-synth --split synth_val \
         --results A.json [B.json ...] [--config detection_cvpr_2019 --config capped.json] --out-dir OUT
 
 For every results file and every configuration (a name known to ``config_factory`` or a JSON file

@@ -1,13 +1,14 @@
 """Our detection metrics agree with the official nuScenes devkit to 1e-6 on perturbed predictions.
 
-A small synthetic dataset is written by ``data-engine synth`` (the arguments of tests/test_devkit.py:
-5 scenes of 4 frames, 400x225; its val scene holds every class, its train scenes lack trailers).
+A small synthetic dataset is written by ``data-engine synth`` (``devkit_world`` of tests/conftest.py, which
+tests/data_engine/test_devkit.py checks: 5 scenes of 4 frames, 400x225; its val scene holds every class,
+its train scenes lack trailers).
 Predictions are made from the ground truth with random perturbations: centre noise of varied size
 (so matches fall at different thresholds), size, yaw (some turned by pi), velocity and class noise,
 dropped boxes, duplicates, false positives spread to 55 m (beyond the class ranges), scores that
 favour good boxes plus noise, random attributes, and one class left without predictions. They are
 written once as an official results JSON (global frame); the devkit (its own venv, through
-tests/devkit/score_predictions.py) and perception.metrics (through perception.data.nuscenes) both
+tests/support/devkit/score_predictions.py) and perception.metrics (through perception.data.nuscenes) both
 score that file, for each split and for the cvpr_2019 configuration and a range-capped variant.
 Every number of metrics_summary.json and every curve of metrics_details.json must agree to 1e-6,
 and both must keep the same boxes after filtering.
@@ -28,12 +29,11 @@ from perception.schema import ATTRIBUTES, DETECTION_CLASSES
 from perception.metrics import DetectionConfig, EvalBoxes, range_capped
 from perception.metrics.nuscenes_io import evaluate_split, ground_truth, results_json, split_samples
 
-from devkit_env import devkit_environ, ensure_devkit_python
-from test_devkit import render_devkit_world  # the dataset of the devkit test
+from devkit_env import DEVKIT_SCRIPTS, devkit_environ, ensure_devkit_python
 
 pytestmark = pytest.mark.slow
 
-SCORE_SCRIPT = Path(__file__).resolve().parent / "devkit" / "score_predictions.py"
+SCORE_SCRIPT = DEVKIT_SCRIPTS / "score_predictions.py"
 VERSION = "v1.0-synth"
 SPLITS = ("synth_val", "synth_train")
 TOLERANCE = 1e-6
@@ -103,11 +103,10 @@ def devkit_python() -> Path:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+def dataset(devkit_world):
     from perception.data.nuscenes import load_dataset
 
-    root = render_devkit_world(tmp_path_factory.mktemp("synth"))
-    return load_dataset(root, VERSION)
+    return load_dataset(devkit_world, VERSION)
 
 
 @pytest.fixture(scope="module")

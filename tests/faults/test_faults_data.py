@@ -72,15 +72,17 @@ def _tree(root: Path) -> set[str]:
     return {str(p) for p in root.rglob("*")}
 
 
-def test_ingest_of_a_dataset_whose_table_path_leaves_it_creates_nothing_and_raises(tmp_path: Path) -> None:
+def test_ingest_of_a_dataset_whose_table_path_leaves_it_creates_nothing_and_raises(
+        tmp_path: Path, synth_world: Path, synth_pool: Path) -> None:
+    import shutil
+
     from data_engine.catalog import Catalog
     from data_engine.labels.autolabel import label_frames
-    from data_engine.sim.synth import SynthConfig, synthesize
     from data_engine.labels.ingest import ingest
 
-    labeled, pool = tmp_path / "labeled", tmp_path / "pool"
-    synthesize(SynthConfig(out=labeled, scenes=1, frames=2, seed=21, width=160, height=90), progress=False)
-    synthesize(SynthConfig(out=pool, scenes=1, frames=2, seed=22, width=160, height=90, unlabeled=True), progress=False)
+    labeled, pool = tmp_path / "labeled", tmp_path / "pool"  # private copies: the labeled one is damaged below
+    shutil.copytree(synth_world, labeled)
+    shutil.copytree(synth_pool, pool)
     with Catalog.open(tmp_path / "cat.db") as cat:
         cat.index_dataset(labeled)
         cat.index_dataset(pool, unlabeled=True)
@@ -324,25 +326,24 @@ def test_decoding_on_threads_names_only_the_cut_images() -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny synthetic world, a copy of it whose CAM_FRONT JPEGs are cut short, and an untrained checkpoint."""
+def world(tmp_path_factory: pytest.TempPathFactory, synth_world: Path) -> dict[str, Path]:
+    """The shared synthetic world, a copy of it whose CAM_FRONT JPEGs are cut short, a copy without its
+    CAM_FRONT JPEGs, and an untrained checkpoint."""
     import dataclasses
     import shutil
 
     import torch
 
-    from data_engine.sim.synth import SynthConfig, synthesize
     from perception.models.bev_model import build_model
     from perception.presets import get_preset
     from perception.checkpoint import CHECKPOINT_FORMAT, preset_to_dict, save_checkpoint
 
     root = tmp_path_factory.mktemp("faults_cli")
-    synthesize(SynthConfig(out=root / "data", scenes=2, frames=2, seed=5, width=352, height=198), progress=False)
-    shutil.copytree(root / "data", root / "cut")
+    shutil.copytree(synth_world, root / "cut")
     cut = sorted((root / "cut" / "samples" / "CAM_FRONT").glob("*.jpg"))
     for path in cut:
         path.write_bytes(_cut(path.read_bytes(), 0.5))
-    shutil.copytree(root / "data", root / "missing")
+    shutil.copytree(synth_world, root / "missing")
     for path in (root / "missing" / "samples" / "CAM_FRONT").glob("*.jpg"):
         path.unlink()
     preset = get_preset("tiny")
@@ -352,7 +353,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "format": CHECKPOINT_FORMAT, "preset": preset_to_dict(preset), "model": build_model(preset).state_dict(),
         "ema": None, "step": 0, "classes": {"det": list(preset.tasks.det_classes), "seg": list(preset.tasks.seg_classes)},
     })
-    return {"root": root, "data": root / "data", "cut": root / "cut", "missing": root / "missing", "ckpt": ckpt,
+    return {"root": root, "data": synth_world, "cut": root / "cut", "missing": root / "missing", "ckpt": ckpt,
             "cut_files": cut}
 
 

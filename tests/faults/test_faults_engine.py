@@ -27,10 +27,9 @@ from data_engine.labels.autolabel import oracle_labels
 from data_engine.labels.ingest import ingest
 from data_engine.labels.records import LabelsError, write_json
 from data_engine.loop import Arm, LoopConfig, LoopError, run_loop
-from data_engine.sim.synth import SynthConfig, synthesize
 from perception.data.nuscenes import load_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
@@ -76,12 +75,9 @@ def test_a_catalog_of_no_known_schema_is_refused(tmp_path) -> None:
 
 # -- small worlds, catalogs and labels for the ingest tests ---------------------------------------------------
 @pytest.fixture(scope="module")
-def worlds(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults_engine")
-    labeled, pool = root / "labeled", root / "pool"
-    synthesize(SynthConfig(out=labeled, scenes=1, frames=2, seed=31, width=160, height=90), progress=False)
-    synthesize(SynthConfig(out=pool, scenes=2, frames=3, seed=32, width=160, height=90, unlabeled=True), progress=False)
-    return {"labeled": labeled.resolve(), "pool": pool.resolve()}
+def worlds(synth_world, synth_pool):
+    """The shared labeled world and pool (tests/conftest.py): 2 scenes of 3 frames each."""
+    return {"labeled": synth_world, "pool": synth_pool}
 
 
 def queued_catalog(tmp_path: Path, worlds, batches: int = 1) -> tuple[Path, list[Path]]:
@@ -284,19 +280,16 @@ def test_the_loop_refuses_a_bad_strategy_before_training(tmp_path, monkeypatch) 
 
 # -- mining with a real exported model ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def mining_world(tmp_path_factory):
+def mining_world(tmp_path_factory, synth_world, synth_pool):
+    """The shared labeled world and pool (6 frames), and the tiny model at its random initialization, exported."""
     from model_inputs import random_tiny_checkpoint
 
     from export.exporter import export_checkpoint
 
     root = tmp_path_factory.mktemp("faults_mining")
-    labeled, pool = root / "labeled", root / "pool"
-    synthesize(SynthConfig(out=labeled, scenes=1, frames=2, seed=41, width=352, height=198), progress=False)
-    synthesize(SynthConfig(out=pool, scenes=2, frames=3, seed=42, width=352, height=198, unlabeled=True),
-               progress=False)
     ckpt, _ = random_tiny_checkpoint(root / "run" / "best.pt")
     export_checkpoint(ckpt, root / "export", ["fp32"], evaluate=False, log=lambda _: None)
-    return {"labeled": labeled, "pool": pool, "model": root / "export" / "model.fp32.onnx"}
+    return {"labeled": synth_world, "pool": synth_pool, "model": root / "export" / "model.fp32.onnx"}
 
 
 def mining_catalog(world, db: Path, pool: Path | None = None) -> Path:

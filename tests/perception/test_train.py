@@ -16,7 +16,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from data_engine.sim.synth import SynthConfig, synthesize
 from perception.cli import app
 from perception.checkpoint import load_checkpoint
 
@@ -26,11 +25,10 @@ TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    # Two scenes of 4 frames: the train split is scene-0000 (4 frames, 4 clips of one frame).
-    root = tmp_path_factory.mktemp("train") / "ds"
-    synthesize(SynthConfig(out=root, scenes=2, frames=4, seed=5, width=352, height=198), progress=False)
-    return root
+def world(train_world: Path) -> Path:
+    """Two scenes of 4 frames (TRAIN_WORLD in tests/conftest.py): the train split is scene-0000 (4 frames,
+    4 clips of one frame)."""
+    return train_world
 
 
 def _args(world: Path, out: Path, name: str, **extra: object) -> list[str]:

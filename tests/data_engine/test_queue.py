@@ -73,12 +73,12 @@ def _true_predictions(reader, sample) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """Two labeled synthetic datasets indexed as an unlabeled pool; run "r1" scored every frame with its
-    true boxes and picked five frames from both datasets; run "r0" scored nothing and picked nothing."""
+def world(tmp_path_factory, synth_world):
+    """Two labeled synthetic datasets indexed as an unlabeled pool (the shared world of 2 scenes x 3 frames,
+    and one of 1 scene x 2 frames); run "r1" scored every frame with its true boxes and picked five frames
+    from both datasets; run "r0" scored nothing and picked nothing."""
     root = tmp_path_factory.mktemp("queue")
-    a, b = root / "world_a", root / "world_b"
-    synthesize(SynthConfig(out=a, scenes=2, frames=3, seed=21, width=160, height=90), progress=False)
+    a, b = synth_world, root / "world_b"
     synthesize(SynthConfig(out=b, scenes=1, frames=2, seed=22, width=160, height=90), progress=False)
     db = root / "catalog.db"
     readers = {str(p.resolve()): load_dataset(p) for p in (a, b)}

@@ -2,13 +2,13 @@
 
 The devkit (nuscenes-devkit 1.2.0) pins numpy<2 while this project needs numpy 2, so the two never
 share an interpreter: the devkit lives in ``<repo>/.venv-devkit`` (gitignored by ``.venv-*/``) and
-tests talk to it through a subprocess running ``tests/devkit/check_dataset.py``.
+tests talk to it through a subprocess running the scripts in ``tests/support/devkit/``.
 
 The venv is built under an exclusive file lock (concurrent pytest workers wait for one builder) and
 is only trusted once a stamp file, written last, records the pinned requirement: a build that died
 half way is wiped and redone.
 
-Run ``python tests/devkit_env.py`` to build it by hand; it prints the interpreter's path.
+Run ``python tests/support/devkit_env.py`` to build it by hand; it prints the interpreter's path.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEVKIT_VENV = REPO_ROOT / ".venv-devkit"
+DEVKIT_SCRIPTS = Path(__file__).resolve().parent / "devkit"  # run by the devkit venv's python
 REQUIREMENTS = ("nuscenes-devkit==1.2.0",)
 _STAMP_NAME = ".devkit-installed"
 

@@ -19,7 +19,7 @@ from perception.config import (
 )
 from perception.presets import PRESETS
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -25,7 +26,6 @@ from data_engine.labels.ingest import ingest
 from data_engine.labels.records import CLASS_CATEGORY, LabelsError, errors_path
 from data_engine.labels.versions import diff_versions
 from data_engine.sim.oracle import label_samples
-from data_engine.sim.synth import SynthConfig, synthesize
 from perception.data.nuscenes import load_dataset
 from perception.data.nuscenes_tables import find_version, read_tables
 from perception.schema import CATEGORY_TO_DETECTION, DETECTION_CLASSES
@@ -40,12 +40,9 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def worlds(tmp_path_factory):
-    root = tmp_path_factory.mktemp("labels")
-    labeled, pool = root / "labeled", root / "pool"
-    synthesize(SynthConfig(out=labeled, scenes=2, frames=3, seed=21, width=160, height=90), progress=False)
-    synthesize(SynthConfig(out=pool, scenes=2, frames=3, seed=22, width=160, height=90, unlabeled=True), progress=False)
-    return {"labeled": labeled.resolve(), "pool": pool.resolve()}
+def worlds(synth_world, synth_pool):
+    """The shared labeled world and pool (tests/conftest.py), side by side: 2 scenes of 3 frames each."""
+    return {"labeled": synth_world, "pool": synth_pool}
 
 
 def make_catalog(tmp_path: Path, worlds, queue: list[tuple[int, int]]) -> tuple[Path, list[str]]:
@@ -277,6 +274,9 @@ def test_inject_errors_known_counts_and_deterministic(worlds, tmp_path) -> None:
 
 
 def test_oracle_refuses_a_dataset_not_made_by_synth(worlds, tmp_path) -> None:
+    pool = tmp_path / "pool"  # a private copy of the pool: its recipe is taken away below
+    shutil.copytree(worlds["pool"], pool)
+    worlds = {**worlds, "pool": pool}
     db, _ = make_catalog(tmp_path, worlds, [(0, 0)])
     recipe = worlds["pool"] / "synth.json"
     saved = recipe.read_bytes()

@@ -12,7 +12,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from data_engine.sim.synth import SynthConfig, synthesize
 from perception.cli import app
 from perception.data.nuscenes import load_dataset
 from perception.schema import ATTRIBUTES, DETECTION_CLASSES
@@ -36,10 +35,10 @@ DEVKIT_SUMMARY_KEYS = {"label_aps", "mean_dist_aps", "mean_ap", "label_tp_errors
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, synth_world):
+    """The shared synthetic world (2 scenes of 3 frames, W x H cameras) and an untrained tiny model."""
     root = tmp_path_factory.mktemp("evalpred")
-    data = root / "data"
-    synthesize(SynthConfig(out=data, scenes=2, frames=3, seed=5, width=W, height=H), progress=False)
+    data = synth_world
     preset = get_preset("tiny")
     preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, pretrained=None))
     torch.manual_seed(0)
