@@ -4,6 +4,7 @@ labeling commands (queue, label, ingest, diff, qa) are written in :mod:`data_eng
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -281,7 +282,7 @@ def loop(
 
     overrides = list(overrides or [])
     if out:
-        overrides.append(f"out={out}")
+        overrides.append(f"out={json.dumps(out)}")  # as given, not read as YAML
     if seeds:
         overrides.append(f"seeds=[{seeds}]")
     try:

@@ -152,7 +152,8 @@ def load_loop_config(path: str | Path, overrides: Sequence[str] = (), check_path
                 arm["strategies"] = [s.strip() for s in arm["strategies"].split(",") if s.strip()]
         cfg = build_dataclass(LoopConfig, raw, "", texts, sources)
     except ConfigError as exc:
-        raise LoopError(f"{path}: {exc}") from None
+        message = str(exc)
+        raise LoopError(message if str(path) in message else f"{path}: {message}") from None
     if check_paths:
         cfg.validate()
     return cfg
@@ -199,7 +200,7 @@ def headline(report: EvalReport) -> dict[str, Any]:
     """The loop's metrics from an evaluation report (None where the val set cannot measure one)."""
 
     def value(x: float | None) -> float | None:
-        return None if x is None or x != x else float(x)
+        return None if x is None else float(x)
 
     out: dict[str, Any] = {"mAP": report.detection.mAP, "NDS": report.detection.NDS,
                            "vehicle_iou": value(report.bev_iou.get("vehicle")),

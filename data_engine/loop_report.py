@@ -38,7 +38,7 @@ def format_report(report: dict[str, Any]) -> str:
     intro = (f"{len(c['seeds'])} seed(s), {c['rounds']} rounds of {c['budget']} frames, "
              f"{c['steps']} training steps per round.")
     lines = ["# Loop report", "", intro, ""]
-    cols = ("mAP", "NDS", "vehicle_iou", "ap_construction_vehicle", "ap_trailer", "mAP_night", "mAP_fog")
+    cols = tuple(m for m in HEADLINE if not m.startswith("vehicle_iou_"))
     lines.append("| arm | round | labeled frames | " + " | ".join(cols) + " |")
     lines.append("|---|---:|---:|" + "---:|" * len(cols))
     for arm, entries in report["summary"].items():

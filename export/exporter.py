@@ -218,7 +218,8 @@ def _calibration_feeds(fp32: EdgeModel, dataset: MultiCamDataset, frames: int, r
     for run in picks:
         state = fp32.initial_state(1)
         for k, i in enumerate(run):
-            f = _feeds_of(collate_frames([dataset[i]]), state)
+            f = _feeds_of(collate_frames([dataset[i]]))
+            f["prev_state"] = state  # the state carried along the run (the frame is no clip start here)
             if k == 0:
                 f["prev_T_curr"], f["dt"] = np.eye(4, dtype=np.float32)[None], np.zeros(1, np.float32)
             state = fp32.infer(**f)["state"]

@@ -57,6 +57,14 @@ class TrainingCheckpoint:
         return {"format": CHECKPOINT_FORMAT, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
                 "classes": {"det": list(tasks.get("det_classes", ())), "seg": list(tasks.get("seg_classes", ()))}}
 
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> TrainingCheckpoint:
+        """The record of a loaded training checkpoint (:func:`load_checkpoint` checked its format)."""
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in state]
+        if missing:
+            raise CheckpointError(f"not a training checkpoint (no {', '.join(missing)}): it cannot be resumed")
+        return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls)})
+
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` (tensors, numbers, strings, lists and dicts only) atomically to ``path``.

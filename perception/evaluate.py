@@ -249,8 +249,8 @@ def format_report(report: EvalReport, full: DetectionMetrics, capped: DetectionM
             + "".join(_fmt(e.bev_iou[c], 10) for c in seg))
     lines += ["", "Rare classes", f"{'class':<22}{'ranges':<8}{'GT':>6}{'pred':>6}{'AP':>7}" + "".join(
         f"{n:>7}" for n in ("ATE", "ASE", "AOE", "AVE", "AAE"))]
-    for name, rare in (("full", report.rare), ("capped", report.rare_capped)):
-        for c, r in rare.items():
+    for c in report.rare:
+        for name, r in (("full", report.rare[c]), ("capped", report.rare_capped[c])):
             lines.append(f"{c:<22}{name:<8}{r.num_gt:>6}{r.num_pred:>6}{_fmt(r.AP)}" + "".join(
                 _fmt(getattr(r, k)) for k in ("ATE", "ASE", "AOE", "AVE", "AAE")))
     return "\n".join(lines)
@@ -258,7 +258,7 @@ def format_report(report: EvalReport, full: DetectionMetrics, capped: DetectionM
 
 def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None,
              batch_size: int = 1, *, device: str | None = None, num_workers: int = 0, use_ema: bool = True,
-             reset_state: bool = False, print_fn: Callable[[str], None] | None = print) -> dict[str, Any]:
+             reset_state: bool = False, print_fn: Callable[[str], None] | None = print) -> EvalReport:
     """`perception eval`: load the checkpoint and the dataset, evaluate ``split`` (default: the
     dataset's val split, or every scene), write the outputs to ``out`` (default runs/eval/<name>)."""
     from .checkpoint import load_model_from_checkpoint

@@ -1,8 +1,10 @@
 """One way to run a model over clips: the video state carried from frame to frame.
 
-Training, evaluation, prediction, the exporter's parity check and the benches all go through
-:func:`run_clips`; :meth:`MultiCamBatch.model_inputs` is the one place a batch becomes the model's
-inputs (keyed by the ONNX input names, :data:`perception.specs.MODEL_INPUT_NAMES`).
+Training, evaluation and prediction go through :func:`run_clips`; :meth:`MultiCamBatch.model_inputs`
+is the one place a batch becomes the model's inputs (keyed by the ONNX input names,
+:data:`perception.specs.MODEL_INPUT_NAMES`), which the exporter's feeds and the benches use too. The
+exporter's parity check steps PyTorch and onnxruntime side by side on numpy feeds (random frames
+included), each carrying its own state.
 
     for batch, out in run_clips(model, loader, device):   # loader: batches in clip order
         loss = criterion(out, batch)                      # grad flows unless the caller turns it off

@@ -13,16 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
-__all__ = ["AugmentConfig", "BACKBONE_NAMES", "MODEL_INPUT_NAMES", "MODEL_OUTPUT_NAMES", "DatasetConfig", "DepthBins", "IMAGENET_NORMALIZATION",
-           "LITE0_NORMALIZATION", "LossConfig", "ModelConfig", "NUM_REGRESSION", "REGRESSION_CHANNELS", "TASKS",
+__all__ = ["AugmentConfig", "BACKBONE_NAMES", "DatasetConfig", "DepthBins", "IMAGENET_NORMALIZATION",
+           "LITE0_NORMALIZATION", "MODEL_INPUT_NAMES", "MODEL_OUTPUT_NAMES", "LossConfig", "ModelConfig", "NUM_REGRESSION", "REGRESSION_CHANNELS", "TASKS",
            "VIEW_TRANSFORM_NAMES"]
 
-# The backbones `models.backbone.build_backbone` builds (a test checks its registry has exactly these).
 # The model's inputs and outputs: the arguments of BEVModel.forward and the keys of what it returns,
 # which are also the names of the exported ONNX graph's inputs and outputs.
 MODEL_INPUT_NAMES: tuple[str, ...] = ("images", "K", "ego_T_cam", "cam_valid", "prev_state", "prev_T_curr", "dt")
 MODEL_OUTPUT_NAMES: tuple[str, ...] = ("heatmap", "regression", "seg", "state", "embedding")
 
+# The backbones `models.backbone.build_backbone` builds (a test checks its registry has exactly these).
 BACKBONE_NAMES: tuple[str, ...] = ("efficientnet_lite0", "resnet18", "resnet34", "resnet50", "regnety_400mf",
                                    "regnety_800mf")
 

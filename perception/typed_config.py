@@ -72,6 +72,13 @@ def build_dataclass(base: Any, values: Mapping[str, Any], prefix: str, texts: Ma
             raise ConfigError(f"unknown key {dotted!r}{where}; valid keys{f' of {prefix!r}' if prefix else ''}: "
                               f"{', '.join(valid)}")
         kwargs[key] = coerce(value, hints[key], dotted, (texts or {}).get(dotted), sources)
+    if isinstance(base, type):
+        required = [f.name for f in dataclasses.fields(cls) if f.init and f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+        missing = [k for k in required if k not in kwargs]
+        if missing:
+            raise ConfigError(f"{prefix + ': ' if prefix else ''}missing key{'s' if len(missing) > 1 else ''} "
+                              f"{', '.join(repr(k) for k in missing)}")
     try:
         return dataclasses.replace(base, **kwargs) if not isinstance(base, type) else base(**kwargs)
     except (ValueError, TypeError) as e:  # the class's own validation: its message, named by the prefix
@@ -94,11 +101,10 @@ def parse_yaml(text: str, what: str) -> Any:
         raise ConfigError(f"{what}: {' '.join(str(e).split())}") from None
 
 
-
 def coerce(value: Any, tp: Any, key: str, text: str | None = None,
-            sources: Mapping[str, str] | None = None) -> Any:
-    """``value`` as field type ``tp`` (int, float, bool, str, Literal, optional/union, tuple of those);
-    ints are accepted (and converted) for floats, lists for tuples. ``text`` is the override as written."""
+           sources: Mapping[str, str] | None = None) -> Any:
+    """``value`` as field type ``tp`` (int, float, bool, str, Literal, optional/union, tuples and lists
+    of those, a dataclass from a mapping); ints are accepted (and converted) for floats, lists for tuples. ``text`` is the override as written."""
     origin = get_origin(tp)
     if origin is Union or origin is types.UnionType:
         args = get_args(tp)

@@ -11,7 +11,6 @@ from typing import Any
 from .schema import CatalogError, TableGroup
 
 
-
 class LineageTables(TableGroup):
     """Label batches, dataset versions and loop rounds: it owns the tables ``label_batches``,
     ``label_batch_frames``, ``dataset_versions`` and ``loop_rounds`` (and marks ingested frames

@@ -13,7 +13,6 @@ from .records import _FRAME_COLUMNS, FrameResult, Selection, _frame_row
 from .schema import CatalogError, TableGroup
 
 
-
 class MiningRunTables(TableGroup):
     """The catalog's mining runs: it owns the tables ``mining_runs``, ``frame_results``, ``scores``,
     ``selections`` and ``run_scenes`` (and moves picked frames to ``queued``).

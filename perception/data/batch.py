@@ -90,9 +90,10 @@ class MultiCamBatch:
     def model_inputs(self, prev_state: torch.Tensor) -> dict[str, torch.Tensor]:
         """The model's inputs, keyed by :data:`perception.specs.MODEL_INPUT_NAMES` (the ONNX input names):
         this batch's images and rig with ``prev_state`` [B, C, X, Y] zeroed in the slots where a clip starts."""
-        keep = (~self.is_first.bool()).to(prev_state.dtype).view(-1, *([1] * (prev_state.dim() - 1)))
+        first = self.is_first.bool().to(prev_state.device).view(-1, *([1] * (prev_state.dim() - 1)))
+        state = torch.where(first, torch.zeros_like(prev_state), prev_state)  # zeros even where the state is not finite
         return {"images": self.images, "K": self.K, "ego_T_cam": self.ego_T_cam, "cam_valid": self.cam_valid,
-                "prev_state": prev_state * keep, "prev_T_curr": self.prev_T_curr, "dt": self.dt}
+                "prev_state": state, "prev_T_curr": self.prev_T_curr, "dt": self.dt}
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "MultiCamBatch":
         """Move every tensor to ``device`` (non_blocking pairs with pinned memory on CUDA)."""

@@ -13,7 +13,7 @@ and its details) are written beside it, in the devkit's own layout, from :class:
     report.rare["trailer"].AP                   # the rare classes (schema.RARE_CLASSES)
 
 Non-finite numbers (a class without ground truth has AP NaN) are written as JSON null and read back
-as NaN.
+as NaN. The JSON carries ``format`` (:data:`REPORT_FORMAT`); files of another layout are refused.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from typing import Any
 from ..schema import RARE_CLASSES
 from .detection import TP_METRIC_NAMES, DetectionMetrics
 
-__all__ = ["ClassScores", "ConditionScores", "DetectionScores", "EvalReport", "nan_to_none"]
+__all__ = ["REPORT_FORMAT", "ClassScores", "ConditionScores", "DetectionScores", "EvalReport", "nan_to_none"]
+
+REPORT_FORMAT = 2  # eval_report.json's layout (1: the devkit's summary dicts under "detection", no "format" key)
 
 
 def nan_to_none(x: Any) -> Any:
@@ -162,11 +164,15 @@ class EvalReport:
         return dataclasses.replace(self, files=dict(files))
 
     def to_json(self) -> dict[str, Any]:
-        """Strict JSON (NaN as null)."""
-        return nan_to_none(dataclasses.asdict(self))
+        """Strict JSON (NaN as null), with the layout's version under ``format``."""
+        return {"format": REPORT_FORMAT, **nan_to_none(dataclasses.asdict(self))}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> EvalReport:
+        """The report of :meth:`to_json`; a ValueError for another layout (an older eval_report.json)."""
+        if d.get("format") != REPORT_FORMAT:
+            raise ValueError(f"an evaluation report of format {d.get('format', 1)!r}, not {REPORT_FORMAT}: "
+                             "evaluate the checkpoint again (perception eval) to write the current one")
         return cls(split=d["split"], dataset=str(d["dataset"]), scenes=int(d["scenes"]), samples=int(d["samples"]),
                    video_state=str(d["video_state"]), detection=DetectionScores.from_json(d["detection"]),
                    detection_capped=DetectionScores.from_json(d["detection_capped"]),

@@ -148,17 +148,17 @@ def save_progress(path: Any, parts: TrainParts, progress: Progress, cfg: Experim
     save_checkpoint(path, record.to_dict())
 
 
-def restore_progress(parts: TrainParts, ckpt: dict[str, Any], d: Dist, device: torch.device) -> Progress:
+def restore_progress(parts: TrainParts, ckpt: TrainingCheckpoint, d: Dist, device: torch.device) -> Progress:
     """Load a checkpoint's weights and states into ``parts``; returns where that run stood."""
-    parts.raw.load_state_dict(ckpt["model"])
-    if parts.ema is not None and ckpt.get("ema_module") is not None:
-        parts.ema.load_state_dict(ckpt["ema_module"])
-    parts.optimizer.load_state_dict(ckpt["optimizer"])
-    parts.scheduler.load_state_dict(ckpt["scheduler"])
-    parts.criterion.load_state_dict(ckpt["criterion"])
-    torch.set_rng_state(ckpt["rng_torch"])
-    return Progress(step=int(ckpt["step"]), epoch=int(ckpt["epoch"]), position=int(ckpt["position"]),
-                    video_state=ckpt["video_state"][d.rank].to(device))
+    parts.raw.load_state_dict(ckpt.model)
+    if parts.ema is not None and ckpt.ema_module is not None:
+        parts.ema.load_state_dict(ckpt.ema_module)
+    parts.optimizer.load_state_dict(ckpt.optimizer)
+    parts.scheduler.load_state_dict(ckpt.scheduler)
+    parts.criterion.load_state_dict(ckpt.criterion)
+    torch.set_rng_state(ckpt.rng_torch)
+    return Progress(step=int(ckpt.step), epoch=int(ckpt.epoch), position=int(ckpt.position),
+                    video_state=ckpt.video_state[d.rank].to(device))
 
 
 def _ema_avg(decay: float) -> Any:

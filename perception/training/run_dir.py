@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import CheckpointError, load_checkpoint, preset_differences, preset_to_dict
+from ..checkpoint import CheckpointError, TrainingCheckpoint, load_checkpoint, preset_differences, preset_to_dict
 from ..errors import BevStackError
 
 __all__ = ["TrainError", "append_csv", "load_resumable", "refuse_existing_run", "truncate_csv"]
@@ -28,10 +28,14 @@ def refuse_existing_run(run_dir: Path) -> None:
                          f"name a new run with train.name=NAME")
 
 
-def load_resumable(path: Path, preset: Any) -> dict[str, Any]:
+def load_resumable(path: Path, preset: Any) -> TrainingCheckpoint:
     """The checkpoint to resume from, checked against the model the config now builds."""
-    ckpt = load_checkpoint(path)
-    changed = preset_differences(ckpt["preset"], preset_to_dict(preset))
+    state = load_checkpoint(path)
+    try:
+        ckpt = TrainingCheckpoint.from_dict(state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    changed = preset_differences(ckpt.preset, preset_to_dict(preset))
     if changed:
         raise CheckpointError(f"{path}: the config builds another model than the run trained ({'; '.join(changed[:4])}"
                               f"{'; ...' if len(changed) > 4 else ''}): resume with the run's own config.yaml, or "

@@ -244,6 +244,7 @@ class TrainLog:
                  + " ".join(f"IoU {k} {v:.3f}" for k, v in bev_iou.items() if v == v))
 
     def _scalars(self, group: str, row: dict[str, Any]) -> None:
+        """Training rows go to TensorBoard whole (a NaN loss shows); validation skips NaN (an unmeasured class)."""
         if not self._writer_opened:
             self._writer_opened = True
             try:
@@ -254,7 +255,7 @@ class TrainLog:
                 self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         if self.writer is not None:
             for k, v in row.items():
-                if k != "step" and v == v:  # NaN is skipped
+                if k != "step" and (group == "train" or v == v):
                     self.writer.add_scalar(f"{group}/{k}", v, row["step"])
 
     def close(self) -> None:

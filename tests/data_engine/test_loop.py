@@ -101,12 +101,19 @@ def test_a_loop_config_is_typed_like_an_experiment_config(tmp_path) -> None:
     assert cfg.arms == [Arm("mined", ["det_entropy", "novelty"]), Arm("random", ["random"])]
     for override, message in [("budget=3x", "budget: expected int, got '3x' (from override 'budget=3x')"),
                               ("seeds=[0, x]", "seeds[1]: expected int, got 'x'"),
-                              ("arms=[{name: a}]", "arms[0]"),
+                              ("arms=[{name: a}]", "arms[0]: missing key 'strategies'"),
                               ("diversity=true", "diversity: expected float, got True"),
                               ("rounds", "is not key=value")]:
         with pytest.raises(LoopError) as info:
             load_loop_config(path, [override], check_paths=False)
         assert str(info.value).startswith(f"{path}: ") and message in str(info.value), (override, str(info.value))
+        assert str(info.value).count(str(path)) == 1
+    path.write_text("- a list\n")
+    with pytest.raises(LoopError, match="a loop config is a mapping") as info:
+        load_loop_config(path, check_paths=False)
+    assert str(info.value).count(str(path)) == 1
+    path.write_text("seed_data: s\npool: p\n")  # `data-engine loop --out` quotes its value, so it is taken as given
+    assert load_loop_config(path, ['out="runs/loop #2"'], check_paths=False).out == "runs/loop #2"
 
 
 def test_the_demo_runs_end_to_end(tmp_path) -> None:

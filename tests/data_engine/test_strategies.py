@@ -163,6 +163,12 @@ def test_registry_plugins_and_errors(tmp_path) -> None:
         load_plugins([tmp_path / "absent.py"])
     with pytest.raises(StrategyError, match="expected an integer"):
         make_strategy("det_entropy:many")
+    # A plugin written against the API's earlier address registers into the same registry.
+    older = tmp_path / "older_plugin.py"
+    older.write_text(plugin.read_text().replace("data_engine.mining.strategies", "data_engine.strategies")
+                     .replace('"box_count"', '"box_count_older"'))
+    load_plugins([older])
+    assert make_strategy("box_count_older").score(output(det=boxes([(1, 1, "car", 0.5)] * 2)), None)[0] == 2.0
 
 
 def test_rank_normalize() -> None:

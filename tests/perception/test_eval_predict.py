@@ -91,6 +91,8 @@ def test_eval_writes_submission_metrics_and_tables(world, tmp_path):
     raw = json.loads((out / "eval_report.json").read_text())  # strict JSON: NaN written as null
     report = EvalReport.from_json(raw)
     assert report.to_json() == raw  # reads back whole
+    with pytest.raises(ValueError, match="format 1"):  # a report of the earlier layout is refused, not misread
+        EvalReport.from_json({k: v for k, v in raw.items() if k != "format"})
     assert report.split == VAL and report.samples == len(tokens) and report.video_state == "carried"
     assert report.detection.mAP == pytest.approx(summary["mean_ap"]) and report.detection.NDS == pytest.approx(summary["nd_score"])
     assert report.detection.classes["car"].AP == pytest.approx(summary["mean_dist_aps"]["car"])
