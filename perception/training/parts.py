@@ -64,13 +64,13 @@ class TrainParts:
 
 @dataclass
 class Progress:
-    """Where the run stands: optimizer steps done, the epoch, batches of this epoch done, and the
-    video state [B, C, X, Y] after the last batch (None: zeros at the next batch)."""
+    """Where the run stands: the video state [B, C, X, Y] after the last batch, optimizer steps done,
+    the epoch, and batches of this epoch done."""
 
+    video_state: torch.Tensor
     step: int = 0
     epoch: int = 0
     position: int = 0
-    video_state: torch.Tensor | None = None
 
 
 def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
@@ -131,8 +131,7 @@ def optimizer_step(parts: TrainParts, grad_clip: float, d: Dist) -> float:
 def save_progress(path: Any, parts: TrainParts, progress: Progress, cfg: ExperimentConfig, preset: Preset,
                   d: Dist) -> None:
     """Write a :class:`TrainingCheckpoint` to ``path`` (rank 0), with every rank's video state."""
-    state = progress.video_state if progress.video_state is not None else \
-        parts.raw.initial_state(cfg.train.batch_size, next(parts.raw.parameters()).device)
+    state = progress.video_state
     states = [torch.zeros_like(state) for _ in range(d.world)] if d.world > 1 else [state]
     if d.world > 1:
         dist.all_gather(states, state.contiguous())

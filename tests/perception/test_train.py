@@ -24,15 +24,8 @@ pytestmark = pytest.mark.slow
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 
 
-@pytest.fixture(scope="module")
-def world(train_world: Path) -> Path:
-    """Two scenes of 4 frames (TRAIN_WORLD in tests/conftest.py): the train split is scene-0000 (4 frames,
-    4 clips of one frame)."""
-    return train_world
-
-
-def _args(world: Path, out: Path, name: str, **extra: object) -> list[str]:
-    base = {"preset": "tiny", "train.data": str(world), "train.out_root": str(out), "train.name": name,
+def _args(train_world: Path, out: Path, name: str, **extra: object) -> list[str]:
+    base = {"preset": "tiny", "train.data": str(train_world), "train.out_root": str(out), "train.name": name,
             "train.deterministic": "true", "train.num_workers": 0, "train.log_every": 1, "train.warmup_steps": 2,
             "augment.enabled": "false", "loss.sync_num_objects": "false", "train.val_split": "null"}
     base.update({k: v for k, v in extra.items()})
@@ -55,13 +48,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_torchrun_ranks_match_one_process_with_the_same_global_batch(world: Path, tmp_path: Path) -> None:
-    single = _run(_args(world, tmp_path, "single", **{"train.steps": 4, "train.batch_size": 1, "train.grad_accum": 2}))
+def test_two_torchrun_ranks_match_one_process_with_the_same_global_batch(train_world: Path, tmp_path: Path) -> None:
+    single = _run(_args(train_world, tmp_path, "single", **{"train.steps": 4, "train.batch_size": 1, "train.grad_accum": 2}))
     out, _ = single.communicate(timeout=600)
     assert single.returncode == 0, out
     cmd = [TORCHRUN, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
            "-m", "perception.cli", "train",
-           *_args(world, tmp_path, "ddp", **{"train.steps": 4, "train.batch_size": 1, "train.grad_accum": 1})]
+           *_args(train_world, tmp_path, "ddp", **{"train.steps": 4, "train.batch_size": 1, "train.grad_accum": 1})]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     digests = json.loads((tmp_path / "ddp" / "ranks.json").read_text())["parameter_sha256"]
@@ -74,13 +67,13 @@ def test_two_torchrun_ranks_match_one_process_with_the_same_global_batch(world: 
     assert load_checkpoint(tmp_path / "ddp" / "last.pt")["step"] == 4
 
 
-def test_resume_after_sigkill_is_bitwise_equal(world: Path, tmp_path: Path) -> None:
+def test_resume_after_sigkill_is_bitwise_equal(train_world: Path, tmp_path: Path) -> None:
     kw = {"train.steps": 8, "train.batch_size": 1, "train.ckpt_every": 2, "train.clip_length": 2,
           "augment.enabled": "true"}
-    full = _run(_args(world, tmp_path, "full", **kw))
+    full = _run(_args(train_world, tmp_path, "full", **kw))
     out, _ = full.communicate(timeout=600)
     assert full.returncode == 0, out
-    killed = _run(_args(world, tmp_path, "killed", **kw))
+    killed = _run(_args(train_world, tmp_path, "killed", **kw))
     ckpt = tmp_path / "killed" / "last.pt"
     deadline = time.time() + 300
     while not ckpt.exists():
@@ -91,7 +84,7 @@ def test_resume_after_sigkill_is_bitwise_equal(world: Path, tmp_path: Path) -> N
     killed.wait()
     step_at_kill = load_checkpoint(ckpt)["step"]
     assert step_at_kill < 8
-    resumed = _run(_args(world, tmp_path, "killed", **kw) + ["--resume"])
+    resumed = _run(_args(train_world, tmp_path, "killed", **kw) + ["--resume"])
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
     assert f"at step {step_at_kill}" in out
@@ -102,8 +95,8 @@ def test_resume_after_sigkill_is_bitwise_equal(world: Path, tmp_path: Path) -> N
     assert a["step"] == b["step"] == 8
 
 
-def test_sigterm_saves_a_loadable_checkpoint(world: Path, tmp_path: Path) -> None:
-    proc = _run(_args(world, tmp_path, "term", **{"train.steps": 10_000, "train.ckpt_every": 10_000}))
+def test_sigterm_saves_a_loadable_checkpoint(train_world: Path, tmp_path: Path) -> None:
+    proc = _run(_args(train_world, tmp_path, "term", **{"train.steps": 10_000, "train.ckpt_every": 10_000}))
     deadline = time.time() + 300
     seen = ""
     while "step 2/" not in seen:
@@ -119,14 +112,14 @@ def test_sigterm_saves_a_loadable_checkpoint(world: Path, tmp_path: Path) -> Non
     assert "stop requested" in out
 
 
-def test_a_bad_config_key_is_named(world: Path, tmp_path: Path) -> None:
-    res = CliRunner().invoke(app, ["train", *_args(world, tmp_path, "bad"), "train.learning_rate=0.1"])
+def test_a_bad_config_key_is_named(train_world: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["train", *_args(train_world, tmp_path, "bad"), "train.learning_rate=0.1"])
     assert res.exit_code == 1
     assert "train.learning_rate" in res.output
 
 
-def test_a_run_writes_its_directory(world: Path, tmp_path: Path) -> None:
-    args = _args(world, tmp_path, "run", **{"train.steps": 4, "train.val_split": "synth_val", "train.val_every": 2,
+def test_a_run_writes_its_directory(train_world: Path, tmp_path: Path) -> None:
+    args = _args(train_world, tmp_path, "run", **{"train.steps": 4, "train.val_split": "synth_val", "train.val_every": 2,
                                            "train.vis_every": 4, "train.ckpt_every": 2})
     proc = _run(args)
     out, _ = proc.communicate(timeout=600)
