@@ -1,155 +1,258 @@
-"""Active learning on the synthetic world: does mining pick better frames than random selection?
+"""Active learning on the synthetic world: do the data engine's strategies buy more than random labels?
 
-    python -m bench.active_learning [--out runs/active_learning] [--seeds 0] [--rounds 2] [--budget 30] \
-        [--steps 300] [--pool-scenes 30] [--yield-model runs/export/edge_cpu/model.int8.onnx]
+    python -m bench.active_learning --checkpoint runs/train/edge_cpu/best.pt [--quick] [--seeds 0-7]
 
-1. Worlds (in data/al/, rendered once): a seed labeled set (8 scenes), an unlabeled pool of other scenes
-   of the same world, and a condition-balanced val set (night, fog and day scenes) never in the pool.
-2. The loop (`data-engine loop`, configs/loops/tiny.yaml; every round trains configs/tiny_loop.yaml
-   from the same initialization) with three strategies and random selection at the same budget:
-   ``uncertainty`` (det_entropy), ``rare`` (triggers for the rare classes) and ``novelty``.
-3. Yield, which needs no retraining: with the round-0 model, each arm picks one budget from the whole
-   pool; the world's truth says how many picks hold a rare class (construction_vehicle, trailer) or a
-   rare condition (night, fog), and how many rare objects there are per 100 picks. ``--yield-model``
-   repeats this with another ONNX model (for instance a longer-trained one), to see how the yield
-   depends on the model that mines.
+The protocol (label-limited, so that which frames are labeled can matter):
 
-Writes bench/results/active_learning.json and bench/results/learning_curves.png and prints the tables
-of docs/results.md. Costs about 45 minutes per seed on 2 CPU cores with the defaults (resumable).
+1. Worlds (:mod:`bench.al_worlds`, rendered once under ``--data``): a pool of 400 scenes of 2 frames,
+   a rare-enriched test split (40 scenes drawn for each rare class) and a natural val split.
+2. The learner (:mod:`perception.training.head_learner`): the trained model's backbone, view
+   transform, video module and BEV encoder are frozen and their features cached once per frame;
+   light detection heads are retrained from the same initialisation after every round, for 40 epochs
+   over the labeled frames (at least 200 steps).
+3. Per seed: 40 random pool frames are labeled first (5 % of the pool); each arm (:mod:`bench.al_arms`)
+   then picks 3 rounds of 40 frames with its strategies, the learner retrained after each round, to
+   160 labels. Random's learning curve is measured at 40 to 480 labels (nested random subsets).
+4. Metrics on the rare-enriched test split, range capped to the BEV grid: the rare classes' AP with
+   min precision and recall 0 (``unclipped``; the official nuScenes AP, which reads 0 for any weak
+   detector, is reported beside it), the cell-level heatmap AP and the recall at score 0.3; overall
+   mAP (official) on the natural val split.
+5. Statistics (:mod:`bench.al_stats`): per-seed differences against random with a paired bootstrap
+   interval, the yield of rare frames against the pool's base rate at pick time with Wilson
+   intervals, and label efficiency (the labels random needs to reach each arm's final metric).
+
+Resumable: each finished (seed, arm) is appended to ``--out``/records.jsonl and skipped on a re-run.
+Writes bench/results/active_learning.json and bench/results/learning_curves.png (``--quick``: under
+``--out`` only) and prints the tables of the README.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
+import math
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.machine import machine
-from perception.schema import RARE_CLASSES, RARE_CONDITIONS
+import numpy as np
+
+from bench.al_worlds import SIZES
 
 RESULTS = Path(__file__).parent / "results" / "active_learning.json"
 CURVES = Path(__file__).parent / "results" / "learning_curves.png"
-ARMS = [
-    {"name": "uncertainty", "strategies": ["det_entropy"]},
-    {"name": "rare", "strategies": ["rare:construction_vehicle@0.1", "rare:trailer@0.1"]},
-    {"name": "novelty", "strategies": ["novelty"]},
-    {"name": "random", "strategies": ["random"]},
-]
-W, H = 352, 198
+PRIMARY = "rare_ap_unclipped"
+METRICS = ("rare_ap_unclipped", "rare_ap", "rare_heatmap_ap", "rare_recall", "mAP_val")
 
 
-def worlds(root: Path, pool_scenes: int) -> dict[str, Path]:
-    from data_engine.sim.synth import SynthConfig, default_workers, synthesize
+@dataclass(frozen=True)
+class Protocol:
+    initial: int = 40  # random frames labeled before the first round
+    rounds: int = 3
+    budget: int = 40  # frames per round (5 % of the pool)
+    random_labels: tuple[int, ...] = (40, 60, 80, 120, 160, 240, 480)
+    epochs: int = 40
+    min_steps: int = 200
 
-    w = default_workers()
-    cfgs = {
-        "seed": SynthConfig(out=root / "seed", scenes=8, frames=10, seed=7, width=W, height=H, workers=w),
-        "pool": SynthConfig(out=root / "pool", scenes=pool_scenes, frames=10, seed=7, width=W, height=H, workers=w,
-                            first_scene=8, unlabeled=True),
-        "val": SynthConfig(out=root / "val", scenes=8, frames=10, seed=7, width=W, height=H, workers=w,
-                           first_scene=10_000, quotas={"night": 3, "fog": 3, "day": 2}),
-    }
-    for cfg in cfgs.values():
-        synthesize(cfg)
-    return {k: c.out for k, c in cfgs.items()}
+    @property
+    def final(self) -> int:
+        return self.initial + self.rounds * self.budget
 
 
-def pick_yield(model: Path, data: dict[str, Path], budget: int, seed: int) -> dict[str, Any]:
-    """Each arm's picks from the whole pool with one model, and what the world's truth says they hold."""
-    from data_engine.catalog import Catalog
-    from data_engine.mining.mine import MineConfig, mine
-    from data_engine.sim.oracle import label_samples
-    from perception.data.nuscenes_tables import find_version, read_tables
-    from perception.schema import CATEGORY_TO_DETECTION
+PROTOCOLS = {"full": Protocol(), "quick": Protocol(initial=6, rounds=2, budget=3, random_labels=(6, 9, 12, 24),
+                                                   epochs=10, min_steps=20)}
 
-    tables = read_tables(data["pool"], find_version(data["pool"], None))
-    category = {c["token"]: CATEGORY_TO_DETECTION.get(c["name"]) for c in tables.records["category"]}
 
-    def contents(tokens: list[str]) -> dict[str, Any]:
-        truth = label_samples(data["pool"], tokens)
-        inst = {i["token"]: category[i["category_token"]] for i in truth["instance"]}
-        rare_objects = {t: 0 for t in tokens}
-        for a in truth["sample_annotation"]:
-            if inst[a["instance_token"]] in RARE_CLASSES:
-                rare_objects[a["sample_token"]] += 1
-        return rare_objects
+def _scores(heads: Any, evaluators: dict[str, Any]) -> dict[str, Any]:
+    test, val = evaluators["test"].score(heads), evaluators["val"].score(heads)
+    return {"rare_ap_unclipped": test.rare("ap_unclipped"), "rare_ap": test.rare("ap"),
+            "rare_heatmap_ap": test.rare("heatmap_ap"), "rare_recall": test.rare("recall"),
+            "mAP_val": val.mAP, "mAP_test": test.mAP, "test": test.to_dict()}
 
+
+def run_seed(seed: int, arms: list[Any], pool: Any, evaluators: dict[str, Any], proto: Protocol,
+             done: set[tuple[int, str]], write: Any, log: Any) -> None:
+    """Every arm of one seed that ``done`` lacks; each finished arm's records go to ``write``."""
+    from bench.al_arms import pick
+    from perception.training.head_learner import HeadLearnerConfig, train_heads
+
+    learner = HeadLearnerConfig(epochs=proto.epochs, min_steps=proto.min_steps, seed=seed)
+    perm = np.random.default_rng(seed).permutation(len(pool))
+    initial = perm[:proto.initial]
+    if (seed, "random") not in done:
+        rows = []
+        for n in proto.random_labels:
+            chosen = perm[:n]
+            heads = train_heads(pool.cache, chosen, learner)
+            rows.append({"seed": seed, "arm": "random", "labels": n, **_scores(heads, evaluators),
+                         "picked": int(n - proto.initial), "picked_rare": int(pool.rare[perm[proto.initial:n]].sum())
+                         if n > proto.initial else 0})
+            log(f"seed {seed} random {n:>4} labels: rare AP {rows[-1][PRIMARY]:.3f}, mAP {rows[-1]['mAP_val']:.3f}")
+        write(rows)
+    heads0 = None
+    for arm in arms:
+        if arm.kind == "random" or (seed, arm.name) in done:
+            continue
+        if heads0 is None:
+            heads0 = train_heads(pool.cache, initial, learner)
+        rng = np.random.default_rng([seed, 1])
+        labeled = np.zeros(len(pool), dtype=bool)
+        labeled[initial] = True
+        heads, rows = heads0, []
+        for r in range(proto.rounds):
+            base = float(pool.rare[~labeled].mean())
+            picks = pick(arm, pool, heads, labeled, proto.budget, rng)
+            labeled[picks] = True
+            heads = train_heads(pool.cache, np.flatnonzero(labeled), learner)
+            rows.append({"seed": seed, "arm": arm.name, "labels": int(labeled.sum()), "round": r + 1,
+                         **_scores(heads, evaluators), "picked": len(picks),
+                         "picked_rare": int(pool.rare[picks].sum()), "base_rate": base})
+            log(f"seed {seed} {arm.name} round {r + 1} ({rows[-1]['labels']} labels): "
+                f"{rows[-1]['picked_rare']}/{len(picks)} rare picks (base {base:.2f}), rare AP {rows[-1][PRIMARY]:.3f}")
+        write(rows)
+
+
+def summarize(records: list[dict[str, Any]], arms: list[Any], proto: Protocol, pool_rare: float) -> dict[str, Any]:
+    """Curves, finals, paired differences, yields, label efficiency and the gates from the records."""
+    from bench.al_stats import labels_to_reach, mean_ci, paired_delta, wilson
+
+    by: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
+    for r in records:
+        by.setdefault((r["arm"], r["labels"]), {})[r["seed"]] = r
+    initial_rows = by.get(("random", proto.initial), {})
+    curves: dict[str, dict[int, dict[str, dict[str, float]]]] = {}
+    for arm in arms:
+        labels = proto.random_labels if arm.kind == "random" else [proto.initial + k * proto.budget
+                                                                   for k in range(proto.rounds + 1)]
+        for n in labels:
+            rows = initial_rows if (n == proto.initial) else by.get((arm.name, n), {})
+            if rows:
+                curves.setdefault(arm.name, {})[n] = {m: mean_ci([r[m] for r in rows.values()]) for m in METRICS}
+    random_mean = {n: v[PRIMARY]["mean"] for n, v in curves.get("random", {}).items()}
+    base = by.get(("random", proto.final), {})
     out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for arm in ARMS:
-            db = Path(tmp) / f"{arm['name']}.db"
-            with Catalog.open(db) as cat:
-                cat.index_dataset(data["seed"])
-                cat.index_dataset(data["pool"], unlabeled=True)
-            strategies = [s if s != "random" else f"random:{seed + 1}" for s in arm["strategies"]]
-            mine(MineConfig(model=model, catalog=db, strategies=strategies, budget=budget, run="yield", progress=False),
-                 log=lambda _: None)
-            with Catalog.open(db) as cat:
-                picks = cat.selections("yield")
-                pool = cat.query(dataset=str(data["pool"]))
-            rare = contents([p.frame.sample_token for p in picks])
-            n = max(1, len(picks))
-            out[arm["name"]] = {
-                "picks": len(picks),
-                "rare_class_frames": round(sum(v > 0 for v in rare.values()) / n, 4),
-                "rare_condition_frames": round(sum(any(c in RARE_CONDITIONS for c in p.frame.conditions)
-                                                   for p in picks) / n, 4),
-                "rare_objects_per_100": round(100 * sum(rare.values()) / n, 2),
-            }
-        all_rare = contents([f.sample_token for f in pool])
-        out["pool (all frames)"] = {
-            "picks": len(pool), "rare_class_frames": round(sum(v > 0 for v in all_rare.values()) / len(pool), 4),
-            "rare_condition_frames": round(sum(any(c in RARE_CONDITIONS for c in f.conditions) for f in pool)
-                                           / len(pool), 4),
-            "rare_objects_per_100": round(100 * sum(all_rare.values()) / len(pool), 2)}
-    return out
+    for arm in arms:
+        rows = by.get((arm.name, proto.final), {})
+        if not rows:
+            continue
+        finals = {m: mean_ci([r[m] for r in rows.values()]) for m in METRICS}
+        picks = [r for r in records if r["arm"] == arm.name and "round" in r]
+        k, n = sum(r["picked_rare"] for r in picks), sum(r["picked"] for r in picks)
+        entry: dict[str, Any] = {"final": finals}
+        if arm.kind == "random":
+            k, n = sum(r["picked_rare"] for r in rows.values()), sum(r["picked"] for r in rows.values())
+            entry["yield"] = {**wilson(k, n), "base_rate": pool_rare}
+        else:
+            entry["delta_vs_random"] = {m: paired_delta({s: r[m] for s, r in rows.items()},
+                                                        {s: r[m] for s, r in base.items()}) for m in METRICS}
+            base_rate = (sum(r["base_rate"] * r["picked"] for r in picks) / n) if n else math.nan
+            entry["yield"] = {**wilson(k, n), "base_rate": base_rate}
+        reach = labels_to_reach(random_mean, finals[PRIMARY]["mean"]) if random_mean else math.nan
+        entry["random_labels_to_match"] = reach
+        entry["label_efficiency"] = reach / proto.final
+        out[arm.name] = entry
+    gate_labels = [n for n in (60, 120, 240, 480) if n in curves.get("random", {})] or list(proto.random_labels)
+    rc = curves.get("random", {})
+    gate1 = {}
+    if len(gate_labels) >= 3 and all(n in rc for n in gate_labels):
+        means = [rc[n][PRIMARY]["mean"] for n in gate_labels]
+        a, b = gate_labels[0], gate_labels[-2]
+        sds = [float(np.std([r[PRIMARY] for r in by[("random", n)].values()], ddof=1)) if len(by[("random", n)]) > 1
+               else math.nan for n in (a, b)]
+        gain = rc[b][PRIMARY]["mean"] - rc[a][PRIMARY]["mean"]
+        gate1 = {"labels": gate_labels, "means": means, "rising": bool(np.all(np.diff(means) > 0)),
+                 "gain": gain, "gain_from_to": [a, b], "seed_sd": max(sds),
+                 "passed": bool(np.all(np.diff(means) > 0) and gain > 2 * max(sds))}
+    oracle = out.get("oracle", {}).get("delta_vs_random", {}).get(PRIMARY)
+    gate2 = {"delta": oracle, "passed": bool(oracle and oracle["lo"] > 0)}
+    return {"curves": curves, "arms": out, "gate1": gate1, "gate2": gate2}
+
+
+def tables(summary: dict[str, Any], proto: Protocol) -> str:
+    arms = summary["arms"]
+    lines = [f"| arm | rare AP (unclipped) at {proto.final} labels | vs random [95 % CI] | official rare AP "
+             "| heatmap AP | recall@0.3 | mAP (val) | vs random | rare yield [Wilson] | base rate | random labels to match |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, a in arms.items():
+        f = a["final"]
+        d = a.get("delta_vs_random", {})
+        delta = (lambda m: f"{d[m]['mean']:+.3f} [{d[m]['lo']:+.3f}, {d[m]['hi']:+.3f}]" if m in d else "")
+        y = a["yield"]
+        reach = a["random_labels_to_match"]
+        lines.append(f"| {name} | {f[PRIMARY]['mean']:.3f} | {delta(PRIMARY)} | {f['rare_ap']['mean']:.3f} "
+                     f"| {f['rare_heatmap_ap']['mean']:.3f} | {f['rare_recall']['mean']:.3f} | {f['mAP_val']['mean']:.3f} "
+                     f"| {delta('mAP_val')} | {y['share']:.2f} [{y['lo']:.2f}, {y['hi']:.2f}] | {y['base_rate']:.2f} "
+                     f"| {'> ' + str(max(proto.random_labels)) if math.isinf(reach) else f'{reach:.0f}'} |")
+    g1, g2 = summary["gate1"], summary["gate2"]
+    if g1:
+        lines += ["", f"Gate 1 (random's rare AP rises with labels {g1['labels']}: "
+                      f"{', '.join(f'{m:.3f}' for m in g1['means'])}; gain {g1['gain_from_to'][0]}->{g1['gain_from_to'][1]} "
+                      f"{g1['gain']:.3f} against 2 x seed SD {2 * g1['seed_sd']:.3f}): {'passed' if g1['passed'] else 'FAILED'}"]
+    if g2["delta"]:
+        d = g2["delta"]
+        lines.append(f"Gate 2 (oracle beats random: {d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]): "
+                     f"{'passed' if g2['passed'] else 'FAILED'}")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("runs/active_learning"))
-    parser.add_argument("--data", type=Path, default=Path("data/al"))
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--budget", type=int, default=30)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--pool-scenes", type=int, default=30)
-    parser.add_argument("--yield-model", type=Path, action="append", default=[],
-                        help="another ONNX model to measure the yield with (repeatable)")
+    parser.add_argument("--checkpoint", type=Path, default=Path("runs/train/edge_cpu/best.pt"),
+                        help="the trained model whose frozen features the learner uses")
+    parser.add_argument("--out", type=Path, default=None, help="records, caches (default runs/active_learning[_quick])")
+    parser.add_argument("--data", type=Path, default=None, help="the worlds (default data/al[_quick])")
+    parser.add_argument("--seeds", default="0-7", help="e.g. 0-7 or 0,3,5")
+    parser.add_argument("--quick", action="store_true", help="a small pool and two seeds, for tests")
     args = parser.parse_args()
-    from data_engine.loop import Arm, LoopConfig, run_loop
+    from bench.al_arms import ARMS, Pool
+    from bench.al_stats import plot_curves
+    from bench.al_worlds import feature_caches, render_worlds
+    from bench.machine import machine
+    from perception.schema import RARE_CLASSES
+    from perception.training.head_learner import HeadEvaluator
 
+    size_name = "quick" if args.quick else "full"
+    proto = PROTOCOLS[size_name]
+    out = args.out or Path("runs/active_learning" + ("_quick" if args.quick else ""))
+    data = args.data or Path("data/al" + ("_quick" if args.quick else ""))
+    lo, _, hi = args.seeds.partition("-")
+    seeds = list(range(int(lo), int(hi) + 1)) if hi else [int(s) for s in args.seeds.split(",")]
+    if not args.checkpoint.is_file():
+        raise SystemExit(f"{args.checkpoint}: checkpoint missing (train one: perception train --config configs/edge_cpu.yaml)")
     t0 = time.perf_counter()
-    data = worlds(args.data, args.pool_scenes)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    cfg = LoopConfig(seed_data=str(data["seed"]), pool=str(data["pool"]), val_data=str(data["val"]), out=str(args.out),
-                     train_config="configs/tiny_loop.yaml", steps=args.steps,
-                     rounds=args.rounds, budget=args.budget, arms=[Arm(a["name"], a["strategies"]) for a in ARMS],
-                     seeds=seeds)
-    loop = run_loop(cfg)
-    models = {"round-0 model": args.out / f"seed{seeds[0]}" / "round0" / "export" / "model.fp32.onnx"}
-    models.update({str(m): m for m in args.yield_model})
-    yields = {name: pick_yield(m, data, args.budget, seeds[0]) for name, m in models.items()}
-    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "arms": ARMS, "seeds": seeds,
-              "rounds": args.rounds, "budget": args.budget, "steps": args.steps, "yield": yields,
-              "learning_curves": loop["summary"], "wall_s": round(time.perf_counter() - t0, 1)}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    shutil.copy(args.out / "learning_curves.png", CURVES)
-    print(f"\nyield of one budget ({args.budget}) from the pool ({args.pool_scenes * 10} frames):")
-    print("| mined with | arm | frames with a rare class | frames in night or fog | rare objects per 100 picks |")
-    print("|---|---|---:|---:|---:|")
-    for model_name, per_arm in yields.items():
-        for name, y in per_arm.items():
-            print(f"| {model_name} | {name} | {y['rare_class_frames']:.2f} | {y['rare_condition_frames']:.2f} "
-                  f"| {y['rare_objects_per_100']:.1f} |")
+    worlds = render_worlds(data, SIZES[size_name])
+    caches = feature_caches(args.checkpoint, worlds, out)
+    pool = Pool(caches["pool"])
+    evaluators = {k: HeadEvaluator(caches[k]) for k in ("test", "val")}
+    records_path = out / "records.jsonl"
+    records = [json.loads(x) for x in records_path.read_text().splitlines()] if records_path.is_file() else []
+    done = {(r["seed"], r["arm"]) for r in records}
+
+    def write(rows: list[dict[str, Any]]) -> None:
+        with records_path.open("a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+        records.extend(rows)
+
+    t_setup = time.perf_counter() - t0
+    for seed in seeds:
+        run_seed(seed, list(ARMS), pool, evaluators, proto, done, write, print)
+    mine = [r for r in records if r["seed"] in seeds]
+    summary = summarize(mine, list(ARMS), proto, float(pool.rare.mean()))
+    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "size": size_name, "protocol": asdict(proto),
+              "worlds": {k: {"frames": len(c), "rare_frames": int(sum(bool(x & set(RARE_CLASSES)) for x in c.classes))}
+                         for k, c in caches.items()},
+              "checkpoint": str(args.checkpoint), "seeds": seeds, "primary_metric": PRIMARY,
+              **summary, "setup_s": round(t_setup, 1), "wall_s": round(time.perf_counter() - t0, 1)}
+    results, curves = (RESULTS, CURVES) if not args.quick else (out / RESULTS.name, out / CURVES.name)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    plot_curves(summary["curves"], [(PRIMARY, "rare-class AP (unclipped), rare-enriched test"),
+                                    ("rare_heatmap_ap", "rare-class heatmap AP (cells)"),
+                                    ("mAP_val", "mAP (official), natural val")], curves)
     print()
-    print((args.out / "loop_report.md").read_text())
-    print(f"wrote {RESULTS} and {CURVES} ({report['wall_s'] / 60:.1f} min)")
+    print(tables(summary, proto))
+    print(f"\nwrote {results} and {curves} ({report['wall_s'] / 60:.1f} min, of which {t_setup / 60:.1f} worlds and features)")
 
 
 if __name__ == "__main__":

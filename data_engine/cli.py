@@ -52,8 +52,9 @@ def synth(
     unlabeled: bool = typer.Option(False, "--unlabeled", help="Write frames without annotations, as a fleet delivers them."),
     sweeps: bool = typer.Option(False, "--sweeps", help="Also write the non-key camera frames at 12 Hz."),
     first_scene: int = typer.Option(0, "--first-scene", help="Index of the first scene (disjoint worlds of one seed)."),
-    quotas: str = typer.Option(None, "--quotas", help="A condition-balanced val set: scenes per condition, e.g. "
-                               "night=4,fog=4,day=4 (summing to --scenes; all in the val split)."),
+    quotas: str = typer.Option(None, "--quotas", help="A condition-balanced or rare-enriched val set: scenes per "
+                               "condition or rare class, e.g. night=4,fog=4,day=4 or construction_vehicle=40,"
+                               "trailer=40 (summing to --scenes; all in the val split)."),
 ) -> None:
     """Render a synthetic multi-camera world into a nuScenes v1.0 dataset (resumable)."""
     from data_engine.sim.synth import SynthConfig, default_workers, synthesize

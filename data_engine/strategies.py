@@ -2,6 +2,6 @@
 keeps working for strategy plugin files written against it. The strategies live in
 :mod:`data_engine.mining.strategies`; new plugins import from there."""
 
-from data_engine.mining.strategies import FrameOutput, RunStrategy, Strategy, StrategyError, register
+from data_engine.mining.strategies import FrameOutput, RunContext, RunStrategy, Strategy, StrategyError, register
 
-__all__ = ["FrameOutput", "RunStrategy", "Strategy", "StrategyError", "register"]
+__all__ = ["FrameOutput", "RunContext", "RunStrategy", "Strategy", "StrategyError", "register"]

@@ -10,11 +10,21 @@ All read the BEV outputs, which already fuse every camera, so each score is per 
   consecutive frames of a scene, after warping the previous frame's boxes by the ego motion;
   objects near the edge of the grid are ignored (they may simply enter or leave the view).
 - ``rare:CLASS[@T]``: a trigger; the highest heatmap probability of CLASS, fired at >= T (0.3).
+- ``rare:CLASS@fire=R``: the same trigger with its threshold calibrated on the labeled frames: the
+  (1 - R) quantile of their scores, so that it fires on a fraction R of them.
 - ``novelty[:K]``: mean cosine distance of the frame embedding to its K (5) nearest labeled frames
   (embeddings centred on the run's mean, :func:`centered`).
 - ``disagreement[:T]``: label QA on labeled frames; the model's confident boxes (score >= T, 0.3)
   that the labels lack, label another class at the same place, or hold shifted by 1-4 m.
 - ``random[:SEED]``: a uniform score from the frame's token (the baseline every strategy must beat).
+- ``query:CLASS[@K]``: query by example; mean cosine similarity to the 3 nearest of the (first K)
+  labeled frames holding CLASS, minus that to the 3 nearest labeled frames without it (plus 2).
+- ``typical[:K]``: TypiClust; k-means of the frames and the labeled frames into K clusters (default:
+  the labeled frames plus the budget); the densest frame of each cluster without a labeled frame
+  scores the cluster's size, the others 0.
+
+The strategies fitted to the labeled frames (``rare@fire``, ``query``, ``typical``) live in
+:mod:`.targeted_strategies`.
 """
 
 from __future__ import annotations
@@ -36,19 +46,11 @@ from .strategy_base import (
     binary_entropy,
     centered,
     cosine_distances,
+    int_arg,
 )
+from .targeted_strategies import calibrated_rare, query_strategy, typical_strategy
 
 __all__ = ["BUILTIN_STRATEGIES"]
-
-def _int_arg(name: str, arg: str | None, default: int) -> int:
-    try:
-        value = int(arg) if arg else default
-    except ValueError:
-        raise StrategyError(f"{name}: expected an integer argument, got {arg!r}") from None
-    if value < 1:
-        raise StrategyError(f"{name}: the argument must be >= 1, got {value}")
-    return value
-
 
 def _float_arg(name: str, arg: str | None, default: float) -> float:
     try:
@@ -241,20 +243,25 @@ class _Random(Strategy):
 
 def _rare(arg: str | None) -> Strategy:
     if not arg:
-        raise StrategyError(f"rare: name the class, e.g. rare:trailer or rare:trailer@0.4 ({', '.join(DETECTION_CLASSES)})")
+        raise StrategyError("rare: name the class, e.g. rare:trailer, rare:trailer@0.4 or rare:trailer@fire=0.1 "
+                            f"({', '.join(DETECTION_CLASSES)})")
     cls, _, thr = arg.partition("@")
     if cls not in DETECTION_CLASSES:
         raise StrategyError(f"rare: unknown class {cls!r}; expected one of {', '.join(DETECTION_CLASSES)}")
+    if thr.startswith("fire"):
+        return calibrated_rare(cls, thr)
     return _Rare(cls, _float_arg("rare", thr or None, 0.3))
 
 
 BUILTIN_STRATEGIES: dict[str, StrategyFactory] = {
-    "det_entropy": lambda arg: _DetEntropy(_int_arg("det_entropy", arg, 10)),
-    "det_margin": lambda arg: _DetMargin(_int_arg("det_margin", arg, 10)),
+    "det_entropy": lambda arg: _DetEntropy(int_arg("det_entropy", arg, 10)),
+    "det_margin": lambda arg: _DetMargin(int_arg("det_margin", arg, 10)),
     "seg_entropy": lambda arg: _SegEntropy("seg_entropy"),
     "flicker": lambda arg: _Flicker(_float_arg("flicker", arg, 0.3)),
     "rare": _rare,
-    "novelty": lambda arg: _Novelty(_int_arg("novelty", arg, 5)),
+    "novelty": lambda arg: _Novelty(int_arg("novelty", arg, 5)),
     "disagreement": lambda arg: _Disagreement(_float_arg("disagreement", arg, 0.3)),
-    "random": lambda arg: _Random(_int_arg("random", arg, 1) if arg else 0),
+    "random": lambda arg: _Random(int_arg("random", arg, 1) if arg else 0),
+    "query": query_strategy,
+    "typical": typical_strategy,
 }

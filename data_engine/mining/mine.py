@@ -23,14 +23,18 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
+from perception.data.nuscenes import DatasetError
+
 from ..catalog import Catalog, CatalogError, FrameResult, FrameRow
-from .scoring import MineError, SceneJob, SceneScorer, group_scenes, init_worker, score_in_worker
+from .scoring import (DatasetReaders, MineError, SceneJob, SceneScorer, frame_labels, group_scenes, init_worker,
+                      score_in_worker)
 from .selection import SelectionConfig, select
 from .strategies import (
+    RunContext,
     RunStrategy,
     Strategy,
     StrategyError,
@@ -40,7 +44,9 @@ from .strategies import (
     strategy_failure,
 )
 
-__all__ = ["MineConfig", "MineError", "MineSummary", "SceneJob", "mine", "score_scenes"]
+__all__ = ["MineConfig", "MineError", "MineSummary", "SceneJob", "mine", "run_context", "score_scenes"]
+
+_T = TypeVar("_T")
 
 ENGINES = ("local", "ray")
 
@@ -179,6 +185,50 @@ def _reference_scenes(scenes: list[tuple[int, str, list[FrameRow]]], limit: int)
     return [scenes[i] for i in sorted({round(float(x)) for x in np.linspace(0, len(scenes) - 1, n)})]
 
 
+def _reference_classes(cat: Catalog, frame_ids: np.ndarray) -> tuple[frozenset[str], ...]:
+    """The detection classes labeled in each frame (the newest dataset version first, else its own dataset)."""
+    labels_root = cat.latest_version_root()
+    labeled_roots = set(cat.labeled_dataset_roots())
+    readers = DatasetReaders()
+    out = []
+    for i in frame_ids:
+        frame = cat.frame(int(i))
+        try:
+            boxes = frame_labels(frame, labels_root, frame.dataset_root in labeled_roots, readers)
+        except (MineError, DatasetError) as exc:
+            raise MineError(f"the labels of labeled frame {frame.sample_token} cannot be read: {exc}") from None
+        out.append(frozenset(boxes.names))
+    return tuple(out)
+
+
+def run_context(cat: Catalog, run_id: int, strategies: Sequence[Strategy], budget: int) -> RunContext:
+    """What the strategies may know of run ``run_id`` before ranking: the budget and the run's scored
+    labeled frames, with their scores and (when a strategy needs_reference_labels) their labeled classes."""
+    ids, emb = cat.run_embeddings(run_id, ["labeled"])
+    raw = cat.run_scores(run_id)
+    scores = {name: np.array([by_frame.get(int(i), np.nan) for i in ids]) for name, by_frame in raw.items()}
+    classes: tuple[frozenset[str], ...] = ()
+    wanting = [s.name for s in strategies if s.needs_reference_labels]
+    if wanting:
+        classes = _reference_classes(cat, ids)
+        if not any(classes):
+            raise StrategyError(f"{', '.join(wanting)}: no labeled frame of the run holds labels "
+                                f"({len(ids)} labeled frames embedded); index a labeled dataset first")
+    return RunContext(budget, emb, classes, scores)
+
+
+def _guarded(s: Strategy, where: str, fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)``, a strategy's code: a plugin's error becomes a :class:`StrategyError` naming its file."""
+    try:
+        return fn(*args)
+    except StrategyError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's code may raise anything
+        if plugin_file(s) is None:
+            raise  # a built-in strategy's bug keeps its traceback
+        raise strategy_failure(s, where, exc) from None
+
+
 def _mark_failed(cat: Catalog, run_id: int) -> None:
     """Mark a run that ended early as failed (it stays resumable); on the way out of an error, so a
     failure to write the mark (the disk that is full) must not replace the error being raised."""
@@ -246,19 +296,15 @@ def mine(cfg: MineConfig, log: Callable[[str], None] = print) -> MineSummary:
                         else:
                             scored += 1
                     bar.update(len(results))
-            for s in strategies:
-                if isinstance(s, RunStrategy):
-                    ids, emb = cat.run_embeddings(run_id, [target])
-                    _, ref = cat.run_embeddings(run_id, ["labeled"])
-                    try:
-                        values = s.score_run(emb, ref)
-                    except StrategyError:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - a plugin's code may raise anything
-                        if plugin_file(s) is None:
-                            raise
-                        raise strategy_failure(s, "scoring the run", exc) from None
-                    cat.add_scores(run_id, s.name, {int(f): v for f, v in zip(ids, values)})
+            context = run_context(cat, run_id, strategies, cfg.budget)
+            for s in strategies:  # calibrations on the labeled frames, before any ranking
+                _guarded(s, "preparing the run", s.prepare, context)
+            if any(isinstance(s, RunStrategy) for s in strategies):
+                ids, emb = cat.run_embeddings(run_id, [target])
+                for s in strategies:
+                    if isinstance(s, RunStrategy):
+                        values = _guarded(s, "scoring the run", s.score_run, emb, context.reference_embeddings)
+                        cat.add_scores(run_id, s.name, {int(f): v for f, v in zip(ids, values)})
             picks = select(cat, run_id, strategies, cfg.budget, target, cfg.selection)
             cat.write_selection(run_id, [(p.frame_id, p.score, p.reasons) for p in picks], queue=target == "unlabeled")
         except BaseException as exc:

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,7 +21,11 @@ from ..catalog import FrameResult, FrameRow
 from .strategies import (FrameOutput, RunStrategy, StrategyError, load_plugins, make_strategy, plugin_file,
                          strategy_failure)
 
-__all__ = ["MineError", "SceneJob", "SceneScorer", "group_scenes", "init_worker", "score_in_worker"]
+if TYPE_CHECKING:
+    from perception.metrics.detection_boxes import EvalBoxes
+
+__all__ = ["DatasetReaders", "MineError", "SceneJob", "SceneScorer", "frame_labels", "group_scenes", "init_worker",
+           "score_in_worker"]
 
 
 class MineError(BevStackError):
@@ -39,6 +43,45 @@ class SceneJob:
     labeled_dataset: bool = True  # the frames' dataset holds labels (False: an unlabeled pool)
 
 
+class DatasetReaders:
+    """Readers of nuScenes-format datasets by root, each opened once (None: it cannot be read)."""
+
+    def __init__(self) -> None:
+        self._readers: dict[str, NuScenesDataset | None] = {}
+
+    def __call__(self, root: str) -> NuScenesDataset | None:
+        if root not in self._readers:
+            try:
+                self._readers[root] = load_dataset(root)
+            except (DatasetError, OSError):
+                self._readers[root] = None
+        return self._readers[root]
+
+
+def frame_labels(frame: FrameRow, labels_root: str | None, labeled_dataset: bool,
+                 readers: DatasetReaders) -> EvalBoxes:
+    """The labels of a labeled frame (detection classes, reference ego frame): from the newest dataset
+    version ``labels_root`` when it holds the frame, else from the frame's own dataset when that is a
+    labeled one (``labeled_dataset``). :class:`MineError` says why there are none."""
+    from perception.metrics.nuscenes_io import ground_truth
+
+    if labels_root is not None:
+        version = readers(labels_root)
+        if version is None:
+            raise MineError(f"{labels_root}: the newest dataset version cannot be read")
+        try:
+            return ground_truth(version, version.sample(frame.sample_token))
+        except DatasetError:
+            pass  # not in the version: the frame's own dataset holds its labels
+    if not labeled_dataset:
+        raise MineError(f"no labels: the frame is in the unlabeled pool {frame.dataset_root} and not in the "
+                        f"newest dataset version {labels_root}")
+    reader = readers(frame.dataset_root)
+    if reader is None:
+        raise MineError(f"{frame.dataset_root}: the dataset cannot be read")
+    return ground_truth(reader, reader.sample(frame.sample_token))
+
+
 # -- scoring one scene (in a worker) ----------------------------------------------------------------------
 class SceneScorer:
     """One onnxruntime session and the strategies; scores scenes. Lives in a worker or a Ray actor."""
@@ -51,34 +94,10 @@ class SceneScorer:
         self.model = EdgeModel(model, threads=threads, score_threshold=score_threshold)
         self.strategies = [s for s in (make_strategy(x) for x in strategies) if not isinstance(s, RunStrategy)]
         self.max_boxes = max_boxes
-        self._readers: dict[str, NuScenesDataset | None] = {}
+        self._reader = DatasetReaders()
         meta = self.model.metadata
         self.det_grid = self.model.preset.det_grid
         self.static_batch = meta.static_batch
-
-    def _reader(self, root: str) -> NuScenesDataset | None:
-        if root not in self._readers:
-            try:
-                self._readers[root] = load_dataset(root)
-            except (DatasetError, OSError):
-                self._readers[root] = None
-        return self._readers[root]
-
-    def _labels(self, job: SceneJob, frame: FrameRow, reader: NuScenesDataset) -> Any:
-        from perception.metrics.nuscenes_io import ground_truth
-
-        if job.labels_root is not None:
-            version = self._reader(job.labels_root)
-            if version is None:
-                raise MineError(f"{job.labels_root}: the newest dataset version cannot be read")
-            try:
-                return ground_truth(version, version.sample(frame.sample_token))
-            except DatasetError:
-                pass  # not in the version: the frame's own dataset holds its labels
-        if not job.labeled_dataset:
-            raise MineError(f"no labels: the frame is in the unlabeled pool {frame.dataset_root} and not in the "
-                            f"newest dataset version {job.labels_root}")
-        return ground_truth(reader, reader.sample(frame.sample_token))
 
     def score_scenes(self, jobs: Sequence[SceneJob]) -> list[tuple[SceneJob, list[FrameResult]]]:
         """Score scenes side by side: step t runs frame t of every scene still going, in one batch."""
@@ -119,7 +138,7 @@ class SceneScorer:
                         raise MineError("; ".join(f"{k}: {v}" for k, v in sorted(problems.items())))
                     labels = None
                     if frame.label_state == "labeled" and any(s.needs_labels for s in self.strategies):
-                        labels = self._labels(job, frame, reader)
+                        labels = frame_labels(frame, job.labels_root, job.labeled_dataset, self._reader)
                 except (MineError, DatasetError, RuntimeInputError) as exc:
                     results[i].append(FrameResult(frame.id, status="failed", reason=str(exc)))
                     streams[i], prev[i] = StreamState(), None  # a gap: the next frame starts a clip
@@ -143,7 +162,8 @@ class SceneScorer:
                             continue
                         try:
                             value, details = strategy.score(out, prev[i])
-                            details = {**details, "fired": bool(strategy.fired(value, details))}
+                            if strategy.calibrated:  # else fired() waits for prepare(), after scoring
+                                details = {**details, "fired": bool(strategy.fired(value, details))}
                         except StrategyError:
                             raise
                         except Exception as exc:  # noqa: BLE001 - a plugin's code may raise anything

@@ -11,11 +11,14 @@ by its largest value (k-center greedy at ``diversity`` = 1, pure score ranking a
 frames closer to it than ``dedup`` times the median nearest-neighbour distance (near-duplicates) and
 frames of the same scene less than
 ``min_gap`` seconds from it (temporal suppression) can no longer be picked. Every pick records why.
+
+:func:`select_frames` selects from arrays (no catalog: a benchmark calls it); :func:`select` reads a
+mining run's frames, scores and labeled frames from the catalog and calls it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +26,7 @@ import numpy as np
 from ..catalog import Catalog
 from .strategies import Strategy, centered, cosine_distances
 
-__all__ = ["Pick", "SelectionConfig", "nearest_frames", "rank_normalize", "select"]
+__all__ = ["Pick", "SelectionConfig", "nearest_frames", "rank_normalize", "select", "select_frames"]
 
 
 @dataclass
@@ -93,23 +96,32 @@ def _median_nn_distance(emb: np.ndarray, sample: int = 500, among: int = 50_000)
     return float(np.median(near)) if near.size else 0.0
 
 
-def select(cat: Catalog, run_id: int, strategies: Sequence[Strategy], budget: int, target: str,
-           cfg: SelectionConfig) -> list[Pick]:
-    """Pick up to ``budget`` of the run's scored frames in label state ``target`` (see the module doc)."""
-    ids, emb = cat.run_embeddings(run_id, [target])
-    if len(ids) == 0:
+def select_frames(emb: np.ndarray, scene: np.ndarray, time_s: np.ndarray, scores: Mapping[str, np.ndarray],
+                  strategies: Sequence[Strategy], budget: int, cfg: SelectionConfig,
+                  reference: np.ndarray, blocked: np.ndarray | None = None) -> list[tuple[int, float, list[str]]]:
+    """Pick up to ``budget`` candidate frames (see the module doc), without a catalog.
+
+    emb [N, E] the candidates' embeddings; scene [N] their scene tokens (any objects comparable with ==);
+    time_s [N] their times in seconds; scores: strategy name -> [N] raw scores (0 for a frame a strategy
+    did not score; a strategy missing from it scored nothing); reference [M, E] the labeled frames'
+    embeddings; blocked [N] frames that may not be picked (the neighbours in time of frames labeled or
+    queued before). Triggers must be ready to say whether they fired (prepared, when they calibrate).
+    Returns (position in the candidate arrays, combined score, reasons) per pick, in pick order.
+    """
+    n = len(emb)
+    if n == 0:
         return []
-    rows = {int(i): (str(s), int(t), str(tok)) for i, s, t, tok in cat.conn.execute(
-        "SELECT f.id, f.scene_token, f.timestamp, f.sample_token FROM frames f JOIN frame_results r"
-        " ON r.frame_id = f.id AND r.run_id = ? AND r.status = 'scored'", (run_id,))}
-    scene = np.array([rows[int(i)][0] for i in ids], dtype=object)
-    time_s = np.array([rows[int(i)][1] / 1e6 for i in ids])
-    raw = cat.run_scores(run_id)
+    for key, arr in {"scene": scene, "time_s": time_s, **{f"scores[{k!r}]": v for k, v in scores.items()},
+                     **({} if blocked is None else {"blocked": blocked})}.items():
+        if len(arr) != n:
+            raise ValueError(f"select_frames: {key} has {len(arr)} entries for {n} candidates")
+    scene = np.asarray(scene, dtype=object)
+    time_s = np.asarray(time_s, np.float64)
     norm: dict[str, np.ndarray] = {}
     values: dict[str, np.ndarray] = {}
     fired: dict[str, np.ndarray] = {}
     for s in strategies:
-        v = np.array([raw.get(s.name, {}).get(int(i), 0.0) for i in ids])
+        v = np.asarray(scores[s.name], np.float64) if s.name in scores else np.zeros(n)
         on = np.array([s.fired(float(x), {}) for x in v], dtype=bool)
         values[s.name], fired[s.name] = v, on
         norm[s.name] = rank_normalize(v, on)
@@ -117,17 +129,13 @@ def select(cat: Catalog, run_id: int, strategies: Sequence[Strategy], budget: in
     total_w = sum(weights.values()) or 1.0
     combined = sum(weights[k] * norm[k] for k in norm) / total_w
 
-    _, ref = cat.run_embeddings(run_id, ["labeled"]) if target == "unlabeled" else (None, np.zeros((0, emb.shape[1])))
-    emb, ref = centered(emb, ref)
+    emb, ref = centered(emb, reference)
     dist = _min_distances(emb, ref)
     dedup_distance = cfg.dedup * _median_nn_distance(emb)
     available = dist >= dedup_distance  # near-duplicates of labeled frames are not worth a label
-    if target == "unlabeled":  # nor frames next to ones labeled or queued before, in their scene
-        for sc, ts in cat.conn.execute(
-                "SELECT f.scene_token, f.timestamp FROM frames f JOIN frame_results r ON r.frame_id = f.id"
-                " AND r.run_id = ? WHERE f.label_state IN ('queued', 'labeled')", (run_id,)):
-            available &= ~((scene == sc) & (np.abs(time_s - ts / 1e6) < cfg.min_gap))
-    picks: list[Pick] = []
+    if blocked is not None:
+        available &= ~np.asarray(blocked, dtype=bool)
+    picks: list[tuple[int, float, list[str]]] = []
     while len(picks) < budget and available.any():
         finite = dist[np.isfinite(dist)]
         scale = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
@@ -138,22 +146,49 @@ def select(cat: Catalog, run_id: int, strategies: Sequence[Strategy], budget: in
         reasons = []
         for s in strategies:
             if s.trigger and fired[s.name][j]:
-                reasons.append(f"{s.name} fired ({values[s.name][j]:.3f})")
+                threshold = getattr(s, "threshold", None)  # a calibrated one is worth seeing
+                at = f" >= {threshold:.3f}" if isinstance(threshold, float) else ""
+                reasons.append(f"{s.name} fired ({values[s.name][j]:.3f}{at})")
             elif not s.trigger and norm[s.name][j] >= 0.8:
-                reasons.append(f"{s.name} {values[s.name][j]:.4g} (top {100 * (1 - norm[s.name][j]) + 100 / len(ids):.0f}%)")
+                reasons.append(f"{s.name} {values[s.name][j]:.4g} (top {100 * (1 - norm[s.name][j]) + 100 / n:.0f}%)")
         if cfg.diversity > 0:
             reasons.append("diversity: the first pick, nothing labeled or picked to compare with"
                            if not np.isfinite(dist[j]) else
                            f"diversity: embedding distance {dist[j]:.3f} to the nearest labeled or picked frame")
         if not reasons:
             reasons.append(f"combined score {combined[j]:.3f}")
-        picks.append(Pick(int(ids[j]), rows[int(ids[j])][2], float(combined[j]), reasons))
+        picks.append((j, float(combined[j]), reasons))
         available[j] = False
         d_new = cosine_distances(emb, emb[j:j + 1])[:, 0]
         dist = np.minimum(dist, d_new)
         available &= d_new >= dedup_distance  # near-duplicates of the pick
         available &= ~((scene == scene[j]) & (np.abs(time_s - time_s[j]) < cfg.min_gap))  # temporal suppression
     return picks
+
+
+def select(cat: Catalog, run_id: int, strategies: Sequence[Strategy], budget: int, target: str,
+           cfg: SelectionConfig) -> list[Pick]:
+    """Pick up to ``budget`` of the run's scored frames in label state ``target`` (see the module doc):
+    :func:`select_frames` on the run's embeddings and scores in the catalog."""
+    ids, emb = cat.run_embeddings(run_id, [target])
+    if len(ids) == 0:
+        return []
+    rows = {int(i): (str(s), int(t), str(tok)) for i, s, t, tok in cat.conn.execute(
+        "SELECT f.id, f.scene_token, f.timestamp, f.sample_token FROM frames f JOIN frame_results r"
+        " ON r.frame_id = f.id AND r.run_id = ? AND r.status = 'scored'", (run_id,))}
+    scene = np.array([rows[int(i)][0] for i in ids], dtype=object)
+    time_s = np.array([rows[int(i)][1] / 1e6 for i in ids])
+    raw = cat.run_scores(run_id)
+    scores = {s.name: np.array([raw.get(s.name, {}).get(int(i), 0.0) for i in ids]) for s in strategies}
+    _, ref = cat.run_embeddings(run_id, ["labeled"]) if target == "unlabeled" else (None, np.zeros((0, emb.shape[1])))
+    blocked = np.zeros(len(ids), dtype=bool)
+    if target == "unlabeled":  # frames next to ones labeled or queued before, in their scene
+        for sc, ts in cat.conn.execute(
+                "SELECT f.scene_token, f.timestamp FROM frames f JOIN frame_results r ON r.frame_id = f.id"
+                " AND r.run_id = ? WHERE f.label_state IN ('queued', 'labeled')", (run_id,)):
+            blocked |= (scene == sc) & (np.abs(time_s - ts / 1e6) < cfg.min_gap)
+    picks = select_frames(emb, scene, time_s, scores, strategies, budget, cfg, ref, blocked)
+    return [Pick(int(ids[j]), rows[int(ids[j])][2], score, reasons) for j, score, reasons in picks]
 
 
 def nearest_frames(cat: Catalog, run_id: int, frame_id: int, k: int) -> list[tuple[int, float]]:

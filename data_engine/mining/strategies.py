@@ -2,7 +2,9 @@
 
 A strategy scores one frame from the model's outputs on it (and, for temporal triggers, on the
 frame before it in its scene); a run strategy (novelty) scores the whole run at once from the frame
-embeddings. Strategies are named by a spec ``name`` or ``name:arg`` and built by :func:`make_strategy`
+embeddings. Before ranking, every strategy's ``prepare`` sees the :class:`RunContext` (the budget,
+the labeled frames' embeddings, classes and scores): a strategy fitted to the labeled frames learns
+there. Strategies are named by a spec ``name`` or ``name:arg`` and built by :func:`make_strategy`
 from the :data:`STRATEGIES` registry. Users add their own from a Python file passed with
 ``data-engine mine --plugin FILE``:
 
@@ -36,6 +38,7 @@ from pathlib import Path
 from .builtin_strategies import BUILTIN_STRATEGIES
 from .strategy_base import (
     FrameOutput,
+    RunContext,
     RunStrategy,
     Strategy,
     StrategyError,
@@ -45,8 +48,9 @@ from .strategy_base import (
     cosine_distances,
 )
 
-__all__ = ["STRATEGIES", "FrameOutput", "RunStrategy", "Strategy", "StrategyError", "binary_entropy", "centered",
-           "cosine_distances", "load_plugins", "make_strategy", "plugin_file", "register", "strategy_failure"]
+__all__ = ["STRATEGIES", "FrameOutput", "RunContext", "RunStrategy", "Strategy", "StrategyError", "binary_entropy",
+           "centered", "cosine_distances", "load_plugins", "make_strategy", "plugin_file", "register",
+           "strategy_failure"]
 
 STRATEGIES: dict[str, StrategyFactory] = dict(BUILTIN_STRATEGIES)
 

@@ -1,5 +1,6 @@
-"""What every mining strategy is built on: the frame a strategy scores, the strategy classes and
-their factory type, and the score helpers the built-in strategies share.
+"""What every mining strategy is built on: the frame a strategy scores, what it may know of the run
+(:class:`RunContext`), the strategy classes and their factory type, and the argument and score
+helpers the built-in strategies share.
 
 Plugins and callers use these through :mod:`data_engine.mining.strategies` (the public face of
 strategies, with the registry); the built-in strategies import them from here.
@@ -7,7 +8,7 @@ strategies, with the registry); the built-in strategies import them from here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +22,8 @@ from perception.heatmap import heatmap_peaks
 if TYPE_CHECKING:
     from perception.metrics.detection_boxes import EvalBoxes
 
-__all__ = ["FrameOutput", "RunStrategy", "Strategy", "StrategyError", "StrategyFactory", "binary_entropy", "centered",
-           "cosine_distances"]
+__all__ = ["FrameOutput", "RunContext", "RunStrategy", "Strategy", "StrategyError", "StrategyFactory",
+           "binary_entropy", "centered", "cosine_distances", "int_arg"]
 
 _EPS = 1e-6
 
@@ -60,17 +61,36 @@ class FrameOutput:
         return self._peaks
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What a strategy may know of the run before the frames are ranked."""
+
+    budget: int  # frames the run selects
+    reference_embeddings: np.ndarray  # [M, E] the labeled frames embedded in this run
+    # [M] detection classes labeled in each of them; () when no strategy needs_reference_labels
+    reference_classes: tuple[frozenset[str], ...]
+    reference_scores: Mapping[str, np.ndarray]  # strategy name -> [M] its scores on them (NaN: not scored)
+
+
 class Strategy:
     """Scores one frame. ``target`` says which frames it ranks: "unlabeled" (what to label next) or
-    "labeled" (label QA); a ``trigger`` fires or not, and its score says how strongly."""
+    "labeled" (label QA); a ``trigger`` fires or not, and its score says how strongly.
+
+    Before the frames are ranked (after every frame is scored), :meth:`prepare` is called with the
+    :class:`RunContext`; a strategy that calibrates itself on the labeled frames does it there."""
 
     target: str = "unlabeled"
     trigger: bool = False
     needs_labels: bool = False  # FrameOutput.labels must be set
     needs_reference: bool = False  # the run must also embed the labeled frames
+    needs_reference_labels: bool = False  # RunContext.reference_classes must be read from the labels
+    calibrated: bool = True  # fired() is defined; False until prepare() calibrates it (no "fired" detail then)
 
     def __init__(self, name: str) -> None:
         self.name = name
+
+    def prepare(self, context: RunContext) -> None:
+        """Learn what the strategy needs of the run before ranking (default: nothing)."""
 
     def score(self, out: FrameOutput, prev: FrameOutput | None) -> tuple[float, dict[str, Any]]:
         """(score, details) of frame ``out``; ``prev`` is the frame before it in its scene, or None."""
@@ -93,6 +113,17 @@ class RunStrategy(Strategy):
 
 
 StrategyFactory = Callable[[str | None], Strategy]  # called with the spec's argument (or None)
+
+
+def int_arg(name: str, arg: str | None, default: int) -> int:
+    """A spec's integer argument (``default`` when absent), >= 1; :class:`StrategyError` names the strategy."""
+    try:
+        value = int(arg) if arg else default
+    except ValueError:
+        raise StrategyError(f"{name}: expected an integer argument, got {arg!r}") from None
+    if value < 1:
+        raise StrategyError(f"{name}: the argument must be >= 1, got {value}")
+    return value
 
 
 def binary_entropy(p: np.ndarray) -> np.ndarray:

@@ -68,9 +68,10 @@ class SynthConfig:
     unlabeled: bool = False
     sweeps: bool = False
     first_scene: int = 0  # index of the first scene: worlds of one seed with disjoint scenes (a seed set and a pool)
-    # Scene quotas per condition ("night": 4, ...): the first scenes from first_scene on whose conditions
-    # fill a quota are rendered (``scenes`` must be the quotas' sum), all in the val split. A
-    # condition-balanced val set, since the world draws night, fog and the rare classes rarely.
+    # Scene quotas per condition ("night": 4, ...) or rare class ("trailer": 40, drawn by the scene's
+    # spec): the first scenes from first_scene on that fill a quota are rendered (``scenes`` must be
+    # the quotas' sum), all in the val split. A condition-balanced or rare-enriched val set, since the
+    # world draws night, fog and the rare classes rarely.
     quotas: dict[str, int] | None = None
 
     def validate(self) -> None:
@@ -78,11 +79,12 @@ class SynthConfig:
         if self.first_scene < 0:
             problems.append(f"--first-scene must be >= 0, got {self.first_scene}")
         if self.quotas is not None:
-            from perception.schema import CONDITIONS
+            from perception.schema import CONDITIONS, RARE_CLASSES
 
-            bad = sorted(set(self.quotas) - set(CONDITIONS))
+            bad = sorted(set(self.quotas) - set(CONDITIONS) - set(RARE_CLASSES))
             if bad:
-                problems.append(f"--quotas: unknown conditions {bad}; expected some of {', '.join(CONDITIONS)}")
+                problems.append(f"--quotas: unknown keys {bad}; expected conditions ({', '.join(CONDITIONS)}) "
+                                f"or rare classes ({', '.join(RARE_CLASSES)})")
             if any(v < 1 for v in self.quotas.values()) or sum(self.quotas.values()) != self.scenes:
                 problems.append(f"--quotas {self.quotas}: each >= 1, summing to --scenes {self.scenes}")
         if self.scenes < 1:
@@ -112,7 +114,14 @@ class SynthConfig:
         return d
 
     def scene_indices(self) -> list[int]:
-        """The world's scene indices this config renders, in order (see ``quotas``)."""
+        """The world's scene indices this config renders, in order (see ``quotas``).
+
+        With quotas, a scene is described by its condition words, then "construction_vehicle" if its
+        spec draws a work zone (``SceneSpec.construction``) and "trailer" if it draws trailers
+        (``SceneSpec.trailers``); it fills the quota of its first word that still needs scenes, so
+        it counts once. Quotas of rare classes, e.g. {"construction_vehicle": 40, "trailer": 40},
+        give a rare-enriched test split.
+        """
         if self.quotas is None:
             return list(range(self.first_scene, self.first_scene + self.scenes))
         from perception.schema import parse_conditions
@@ -123,7 +132,9 @@ class SynthConfig:
         while any(need.values()):
             if i - self.first_scene > 100_000:
                 raise SynthError(f"--quotas {self.quotas}: the world did not draw enough such scenes")
-            words = parse_conditions(scene_spec(self.seed, i, self.frames).conditions.description())
+            spec = scene_spec(self.seed, i, self.frames)
+            words = parse_conditions(spec.conditions.description())
+            words += ("construction_vehicle",) * spec.construction + ("trailer",) * spec.trailers
             hit = next((w for w in words if need.get(w, 0) > 0), None)
             if hit is not None:
                 need[hit] -= 1

@@ -25,6 +25,9 @@ Per class, :mod:`perception.metrics.detection_curves` gives AP at each distance 
 barriers no AVE or AAE (NaN, skipped in the means); barrier orientation is taken modulo pi.
 mAP is the mean of AP over thresholds and classes; each mTP error is the mean over classes;
 NDS = (mean_ap_weight * mAP + sum over the 5 TP metrics of (1 - min(1, mTP))) / (mean_ap_weight + 5).
+
+Beside the benchmark: :func:`unclipped` (AP without the 0.1 precision and recall floors, which hide
+weak rare-class detectors) and :meth:`DetectionMetrics.recall_at` (recall at a score threshold).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +64,7 @@ __all__ = [
     "EvalBoxes",
     "range_capped",
     "range_capped_to_grid",
+    "unclipped",
 ]
 
 # Class -> max BEV distance (m) from the ego, in the order of the devkit's detection_cvpr_2019.json
@@ -138,6 +142,17 @@ def range_capped_to_grid(config: DetectionConfig, grid: BEVGrid) -> DetectionCon
     return range_capped(config, float(min(-grid.x_min, grid.x_max, -grid.y_min, grid.y_max)))
 
 
+def unclipped(config: DetectionConfig) -> DetectionConfig:
+    """``config`` with ``min_recall = min_precision = 0``, named ``<config.name>_unclipped``.
+
+    The official AP counts precision only above 0.1 and recall only above 0.1, so a weak detector of
+    a rare class scores exactly 0 whatever it found. The unclipped AP (mean precision over recalls
+    0.01..1) still moves there; it is not the benchmark's number and its name says so, to be
+    reported beside the official one.
+    """
+    return replace(config, min_recall=0.0, min_precision=0.0, name=f"{config.name}_unclipped")
+
+
 @dataclass(frozen=True, eq=False)
 class DetectionMetrics:
     """The results of a detection evaluation; the properties are those of the devkit's summary."""
@@ -150,6 +165,8 @@ class DetectionMetrics:
     num_pred: Mapping[str, int]  # class -> predictions kept by the filters
     num_samples: int
     eval_time: float = 0.0  # s spent in compute()
+    # (class, threshold) -> [M] scores of the true positives, descending (M <= num_gt[class])
+    match_scores: Mapping[tuple[str, float], np.ndarray] = field(default_factory=dict)
 
     @property
     def mean_dist_aps(self) -> dict[str, float]:
@@ -160,6 +177,22 @@ class DetectionMetrics:
     def mean_ap(self) -> float:
         """mAP: AP averaged over thresholds and classes."""
         return float(np.mean(list(self.mean_dist_aps.values())))
+
+    def recall_at(self, cls: str, score: float, dist_th: float | None = None) -> float:
+        """Recall in [0, 1] of the predictions of class ``cls`` scoring >= ``score``.
+
+        The true positives among them (matched at ``dist_th`` m, default ``config.dist_th_tp``)
+        over the class's ground-truth boxes; NaN when the class has none. Counted from the
+        matches themselves: the 101-point ``curves`` interpolate the score linearly between two
+        true positives, and reading recall off them would overstate it by up to one box's share.
+        """
+        th = self.config.dist_th_tp if dist_th is None else float(dist_th)
+        if (cls, th) not in self.match_scores:
+            raise KeyError(f"no matches of class {cls!r} at {th:g} m (classes {self.config.class_names}, "
+                           f"thresholds {self.config.dist_ths})")
+        if self.num_gt[cls] == 0:
+            return math.nan
+        return float(np.count_nonzero(self.match_scores[(cls, th)] >= score)) / self.num_gt[cls]
 
     @property
     def tp_errors(self) -> dict[str, float]:
@@ -280,6 +313,7 @@ class DetectionEvaluator:
         label_aps: dict[str, dict[float, float]] = {}
         label_tp: dict[str, dict[str, float]] = {}
         curves: dict[tuple[str, float], MetricCurves] = {}
+        match_scores: dict[tuple[str, float], np.ndarray] = {}
         num_gt, num_pred = {}, {}
         for c in cfg.class_names:
             gi, pi = np.flatnonzero(gt_names == c), np.flatnonzero(pred_names == c)
@@ -290,10 +324,11 @@ class DetectionEvaluator:
             period = ORIENTATION_PERIOD.get(c, 2 * math.pi)
             for t in cfg.dist_ths:
                 curves[(c, t)] = class_curves(gt, pred, order, matched[t], period)
+                match_scores[(c, t)] = pred.score[order][matched[t] >= 0]
             label_aps[c] = {t: average_precision(curves[(c, t)], cfg.min_recall, cfg.min_precision)
                             for t in cfg.dist_ths}
             undefined = UNDEFINED_TP_METRICS.get(c, ())
             label_tp[c] = {m: math.nan if m in undefined else tp_error(curves[(c, cfg.dist_th_tp)], m, cfg.min_recall)
                            for m in TP_METRICS}
         return DetectionMetrics(cfg, label_aps, label_tp, curves, num_gt, num_pred, len(self.sample_tokens),
-                                eval_time=time.perf_counter() - start)
+                                eval_time=time.perf_counter() - start, match_scores=match_scores)

@@ -46,10 +46,16 @@ class Heads(nn.Module):
         self.heatmap = nn.Sequential(_conv_block(channels, channels), nn.Conv2d(channels, len(tasks.det_classes), 1))
         self.regression = nn.Sequential(_conv_block(channels, channels), nn.Conv2d(channels, NUM_REGRESSION, 1))
         nn.init.constant_(self.heatmap[-1].bias, -math.log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR))
-        # The embedding is a fixed random projection of the pooled BEV features (distances between
-        # frames are kept, Johnson-Lindenstrauss): no loss trains it, so it holds no parameters.
-        g = torch.Generator().manual_seed(0)
-        proj = torch.randn(2 * channels, preset.model.embedding_dim, generator=g) / math.sqrt(preset.model.embedding_dim)
+        # The embedding is the pooled BEV features themselves (the mean and the max of each channel over
+        # the grid: what the trained trunk sees anywhere in the frame) when the preset's embedding_dim is
+        # 2 x channels, else a fixed random projection of them (distances kept, Johnson-Lindenstrauss).
+        # No loss trains it. The buffer is saved with the weights, so a checkpoint keeps the embedding
+        # its exports were mined with.
+        E = preset.model.embedding_dim
+        if E == 2 * channels:
+            proj = torch.eye(E)
+        else:
+            proj = torch.randn(2 * channels, E, generator=torch.Generator().manual_seed(0)) / math.sqrt(E)
         self.register_buffer("embed_proj", proj)
 
     def forward(self, bev: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -222,6 +222,32 @@ def test_unreadable_frames_fail_with_a_reason_and_plugins_score(world, tmp_path)
     assert code == 1 and "--weights names ['flicker']" in out
 
 
+def test_strategies_fitted_to_the_labeled_frames(world, tmp_path) -> None:
+    """rare@fire calibrates on the labeled frames' scores, query reads their labels (motorcycles: the
+    first two frames of the labeled world), typical clusters them with the pool."""
+    db = _catalog(world, tmp_path / "cat.db")
+    rare, strats = "rare:trailer@fire=0.5", "rare:trailer@fire=0.5,query:motorcycle,typical"
+    code, out = _mine(world, db, "--strategy", strats, "--budget", "3", "--run", "fit", "--diversity", "0",
+                      "--weights", f"{rare}=5")
+    assert code == 0, out
+    scores = _scores(db, "fit")
+    with Catalog.open(db) as cat:
+        picks = cat.selections("fit")
+        labeled = {f.sample_token for f in cat.query(label_state="labeled")}
+        pool = {f.sample_token for f in cat.query(dataset=str(world["pool"]))}
+    assert len(labeled) == 6 and len(picks) == 3
+    threshold = float(np.quantile([scores[(t, rare)] for t in labeled], 0.5))
+    fired = [r for p in picks for r in p.reasons if r.startswith(f"{rare} fired")]
+    assert fired and all(r.endswith(f" >= {threshold:.3f})") for r in fired), (threshold, fired)
+    assert {t for t, s in scores if s == "query:motorcycle"} == pool  # the run strategies rank the pool
+    assert all(scores[(t, "query:motorcycle")] > 0 for t in pool)
+    assert 1 <= sum(scores[(t, "typical")] > 0 for t in pool) <= 9  # at most one per cluster (6 labeled + 3)
+    code, out = _mine(world, db, "--strategy", "query:trailer", "--budget", "3", "--run", "no_trailer")
+    assert code == 1 and "no labeled frame holds 'trailer'" in out and "rare:trailer@fire=R" in out, out
+    with Catalog.open(db) as cat:
+        assert cat.run_info("no_trailer")["status"] == "failed"
+
+
 def test_label_qa_run_and_similar(world, tmp_path) -> None:
     db = _catalog(world, tmp_path / "cat.db")
     code, out = _mine(world, db, "--strategy", "disagreement:0.0", "--budget", "3", "--run", "qa")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data_engine.catalog import Catalog, FrameResult
-from data_engine.mining.selection import SelectionConfig, rank_normalize, select
+from data_engine.mining.selection import SelectionConfig, rank_normalize, select, select_frames
 from data_engine.mining.strategies import (
     STRATEGIES,
     FrameOutput,
@@ -234,6 +234,29 @@ def test_selection_suppresses_repeats_and_records_reasons(scored_catalog) -> Non
         return min(float(np.linalg.norm(vec[a.frame_id] - vec[b.frame_id])) for a in picks for b in picks if a is not b)
 
     assert closest_pair(by_score) == 0.0 and closest_pair(diverse) > 0.1
+
+
+def test_select_is_select_frames_on_the_catalog_arrays(scored_catalog) -> None:
+    cat, run_id = scored_catalog
+    frames = {r.id: r for r in cat.query()}
+    queued = next(f for f in frames.values() if f.scene_name == "scene-0000" and f.frame_index == 3)
+    cat.set_label_state([queued.id], "queued")  # its neighbours in time may not be picked
+    strategies = [make_strategy("det_entropy")]
+    cfg = SelectionConfig(diversity=0.3, dedup=0.25, min_gap=1.0)
+    picks = select(cat, run_id, strategies, 6, "unlabeled", cfg)
+    ids, emb = cat.run_embeddings(run_id, ["unlabeled"])
+    scene = np.array([frames[int(i)].scene_name for i in ids], dtype=object)
+    time_s = np.array([frames[int(i)].timestamp / 1e6 for i in ids])
+    raw = cat.run_scores(run_id)["det_entropy"]
+    blocked = (scene == "scene-0000") & (np.abs(time_s - queued.timestamp / 1e6) < 1.0)
+    direct = select_frames(emb, scene, time_s, {"det_entropy": np.array([raw[int(i)] for i in ids])}, strategies, 6,
+                           cfg, np.zeros((0, emb.shape[1])), blocked)
+    assert [(p.frame_id, p.score, p.reasons) for p in picks] == [(int(ids[j]), sc, r) for j, sc, r in direct]
+    assert len(picks) == 6 and blocked.sum() == 2 and not {int(i) for i in ids[blocked]} & {p.frame_id for p in picks}
+    free = select_frames(emb, scene, time_s, {"det_entropy": np.array([raw[int(i)] for i in ids])}, strategies, 6,
+                         cfg, np.zeros((0, emb.shape[1])))
+    assert {int(i) for i in ids[blocked]} & {int(ids[j]) for j, _, _ in free}  # the queued frame's neighbours
+    assert picks[0].token == frames[picks[0].frame_id].sample_token
 
 
 def test_label_qa_precision_at_k(tmp_path) -> None:
