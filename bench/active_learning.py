@@ -9,7 +9,7 @@ The protocol (label-limited, so that which frames are labeled can matter):
 2. The learner (:mod:`perception.training.head_learner`): the trained model's backbone, view
    transform, video module and BEV encoder are frozen and their features cached once per frame;
    light detection heads are retrained from the same initialisation after every round, for 40 epochs
-   over the labeled frames (at least 200 steps).
+   over the labeled frames (at least 100 steps).
 3. Per seed: 40 random pool frames are labeled first (5 % of the pool); each arm (:mod:`bench.al_arms`)
    then picks 3 rounds of 40 frames with its strategies, the learner retrained after each round, to
    160 labels. Random's learning curve is measured at 40 to 480 labels (nested random subsets).
@@ -21,7 +21,8 @@ The protocol (label-limited, so that which frames are labeled can matter):
    interval, the yield of rare frames against the pool's base rate at pick time with Wilson
    intervals, and label efficiency (the labels random needs to reach each arm's final metric).
 
-Resumable: each finished (seed, arm) is appended to ``--out``/records.jsonl and skipped on a re-run.
+Resumable: each finished (seed, arm) is appended to ``--out``/records/seed{N}.jsonl and skipped on a
+re-run. Seeds run side by side in ``--workers`` processes.
 Writes bench/results/active_learning.json and bench/results/learning_curves.png (``--quick``: under
 ``--out`` only) and prints the tables of the README.
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,9 +53,9 @@ class Protocol:
     initial: int = 40  # random frames labeled before the first round
     rounds: int = 3
     budget: int = 40  # frames per round (5 % of the pool)
-    random_labels: tuple[int, ...] = (40, 60, 80, 120, 160, 240, 480)
+    random_labels: tuple[int, ...] = (40, 60, 120, 160, 240, 480)
     epochs: int = 40
-    min_steps: int = 200
+    min_steps: int = 100
 
     @property
     def final(self) -> int:
@@ -111,6 +113,32 @@ def run_seed(seed: int, arms: list[Any], pool: Any, evaluators: dict[str, Any], 
             log(f"seed {seed} {arm.name} round {r + 1} ({rows[-1]['labels']} labels): "
                 f"{rows[-1]['picked_rare']}/{len(picks)} rare picks (base {base:.2f}), rare AP {rows[-1][PRIMARY]:.3f}")
         write(rows)
+
+
+def _seed_job(job: tuple[int, str, str, int]) -> int:
+    """One seed's arms, in this process or a worker: records appended to ``out``/records/seed{N}.jsonl
+    as each arm finishes (a re-run skips the arms already there)."""
+    import torch
+
+    from bench.al_arms import ARMS, Pool
+    from perception.training.feature_cache import FeatureCache
+    from perception.training.head_learner import HeadEvaluator
+
+    seed, out, size_name, threads = job
+    torch.set_num_threads(threads)
+    root = Path(out)
+    caches = {k: FeatureCache.load(root / "features" / k) for k in ("pool", "test", "val")}
+    path = root / "records" / f"seed{seed}.jsonl"
+    done = {(r["seed"], r["arm"]) for r in map(json.loads, path.read_text().splitlines())} if path.is_file() else set()
+
+    def write(rows: list[dict[str, Any]]) -> None:
+        with path.open("a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+
+    evaluators = {k: HeadEvaluator(caches[k]) for k in ("test", "val")}
+    run_seed(seed, list(ARMS), Pool(caches["pool"]), evaluators, PROTOCOLS[size_name], done, write,
+             lambda line: print(line, flush=True))
+    return seed
 
 
 def summarize(records: list[dict[str, Any]], arms: list[Any], proto: Protocol, pool_rare: float) -> dict[str, Any]:
@@ -204,13 +232,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="the worlds (default data/al[_quick])")
     parser.add_argument("--seeds", default="0-7", help="e.g. 0-7 or 0,3,5")
     parser.add_argument("--quick", action="store_true", help="a small pool and two seeds, for tests")
+    parser.add_argument("--workers", type=int, default=2, help="seeds run side by side (default 2)")
     args = parser.parse_args()
     from bench.al_arms import ARMS, Pool
     from bench.al_stats import plot_curves
     from bench.al_worlds import feature_caches, render_worlds
     from bench.machine import machine
     from perception.schema import RARE_CLASSES
-    from perception.training.head_learner import HeadEvaluator
 
     size_name = "quick" if args.quick else "full"
     proto = PROTOCOLS[size_name]
@@ -223,22 +251,23 @@ def main() -> None:
     t0 = time.perf_counter()
     worlds = render_worlds(data, SIZES[size_name])
     caches = feature_caches(args.checkpoint, worlds, out)
-    pool = Pool(caches["pool"])
-    evaluators = {k: HeadEvaluator(caches[k]) for k in ("test", "val")}
-    records_path = out / "records.jsonl"
-    records = [json.loads(x) for x in records_path.read_text().splitlines()] if records_path.is_file() else []
-    done = {(r["seed"], r["arm"]) for r in records}
-
-    def write(rows: list[dict[str, Any]]) -> None:
-        with records_path.open("a") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in rows))
-        records.extend(rows)
-
+    pool_rare = float(Pool(caches["pool"]).rare.mean())
+    records_dir = out / "records"
+    records_dir.mkdir(parents=True, exist_ok=True)
     t_setup = time.perf_counter() - t0
-    for seed in seeds:
-        run_seed(seed, list(ARMS), pool, evaluators, proto, done, write, print)
+    jobs = [(seed, str(out), size_name, max(1, (os.cpu_count() or 1) // args.workers)) for seed in seeds]
+    if args.workers <= 1:
+        for job in jobs:
+            _seed_job(job)
+    else:  # seeds side by side, one torch thread each: small convolutions scale poorly over threads
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(min(args.workers, len(jobs))) as workers:
+            for seed in workers.imap_unordered(_seed_job, jobs):
+                print(f"seed {seed} done")
+    records = [json.loads(x) for f in sorted(records_dir.glob("seed*.jsonl")) for x in f.read_text().splitlines()]
     mine = [r for r in records if r["seed"] in seeds]
-    summary = summarize(mine, list(ARMS), proto, float(pool.rare.mean()))
+    summary = summarize(mine, list(ARMS), proto, pool_rare)
     report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "size": size_name, "protocol": asdict(proto),
               "worlds": {k: {"frames": len(c), "rare_frames": int(sum(bool(x & set(RARE_CLASSES)) for x in c.classes))}
                          for k, c in caches.items()},

@@ -38,7 +38,6 @@ ARMS: tuple[Arm, ...] = (
     Arm("oracle", kind="oracle"),
     Arm("query", tuple(f"query:{c}" for c in RARE_CLASSES)),
     Arm("rare", tuple(f"rare:{c}@fire=0.1" for c in RARE_CLASSES)),
-    Arm("query+rare", tuple(f"query:{c}" for c in RARE_CLASSES) + tuple(f"rare:{c}@fire=0.1" for c in RARE_CLASSES)),
     Arm("typical", ("typical",)),
     Arm("uncertainty", ("det_entropy",)),
 )

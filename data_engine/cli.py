@@ -66,7 +66,7 @@ def synth(
         try:
             quota_map = {k.strip(): int(v) for k, v in (part.split("=") for part in quotas.split(",") if part.strip())}
         except ValueError:
-            raise _fail(f"--quotas: expected CONDITION=N[,...], got {quotas!r}") from None
+            raise _fail(f"--quotas: expected NAME=N[,...] (a condition or a rare class), got {quotas!r}") from None
     cfg = SynthConfig(out=out, scenes=scenes, frames=frames, seed=seed, width=width, height=height,
                       workers=workers or default_workers(), unlabeled=unlabeled, sweeps=sweeps,
                       first_scene=first_scene, quotas=quota_map)

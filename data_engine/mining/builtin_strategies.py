@@ -10,8 +10,8 @@ All read the BEV outputs, which already fuse every camera, so each score is per 
   consecutive frames of a scene, after warping the previous frame's boxes by the ego motion;
   objects near the edge of the grid are ignored (they may simply enter or leave the view).
 - ``rare:CLASS[@T]``: a trigger; the highest heatmap probability of CLASS, fired at >= T (0.3).
-- ``rare:CLASS@fire=R``: the same trigger with its threshold calibrated on the labeled frames: the
-  (1 - R) quantile of their scores, so that it fires on a fraction R of them.
+- ``rare:CLASS@fire=R``: the same trigger with its threshold calibrated on the labeled frames without
+  CLASS: the (1 - R) quantile of their scores, so that it fires on a fraction R of them.
 - ``novelty[:K]``: mean cosine distance of the frame embedding to its K (5) nearest labeled frames
   (embeddings centred on the run's mean, :func:`centered`).
 - ``disagreement[:T]``: label QA on labeled frames; the model's confident boxes (score >= T, 0.3)

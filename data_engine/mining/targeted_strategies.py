@@ -2,7 +2,7 @@
 :meth:`~data_engine.mining.strategy_base.Strategy.prepare` (listed in :mod:`.builtin_strategies`):
 
 - ``rare:CLASS@fire=R``: the ``rare`` trigger with its threshold calibrated on the labeled frames, so
-  that it fires on a fraction R of them (:func:`calibrated_rare`);
+  that it fires on a fraction R of those without CLASS (:func:`calibrated_rare`);
 - ``query:CLASS[@K]``: query by example, frames like the labeled frames holding CLASS and unlike the
   labeled frames without it (:func:`query_strategy`);
 - ``typical[:K]``: TypiClust, the densest frame of each cluster no labeled frame covers
@@ -38,10 +38,12 @@ _CHUNK = 4_000_000  # float64 values per block of a distance matrix (32 MB): mem
 
 class _CalibratedRare(Strategy):
     """The highest heatmap probability of a class; fires at the (1 - R) quantile of its scores on the
-    labeled frames, set by :meth:`prepare`."""
+    labeled frames without the class (all labeled frames when their labels are not known), set by
+    :meth:`prepare`."""
 
     trigger = True
     needs_reference = True  # the labeled frames are scored too: they calibrate the threshold
+    needs_reference_labels = True  # on those that lack the class
     calibrated = False
 
     def __init__(self, cls: str, fire_rate: float) -> None:
@@ -61,7 +63,15 @@ class _CalibratedRare(Strategy):
 
     def prepare(self, context: RunContext) -> None:
         values = np.asarray(context.reference_scores.get(self.name, np.zeros(0)), np.float64)
-        values = values[np.isfinite(values)]
+        keep = np.isfinite(values)
+        if len(context.reference_classes) == len(values):
+            # Calibrate on the labeled frames without the class: the trigger fires on a fraction R of them
+            # (its false-alarm rate on labeled data), however many labeled frames hold the class. Over all
+            # labeled frames, the threshold would climb as mining fills the labeled set with the class.
+            lacking = np.array([self.cls not in c for c in context.reference_classes], dtype=bool)
+            if (keep & lacking).any():
+                keep &= lacking
+        values = values[keep]
         if values.size == 0:
             raise StrategyError(f"{self.name}: no labeled frame of the run holds a score to calibrate the threshold on "
                                 f"(index a labeled dataset, or give an absolute threshold: rare:{self.cls}@T)")

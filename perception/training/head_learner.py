@@ -42,7 +42,7 @@ RECALL_SCORE = 0.3  # the fixed score at which rare-class recall is read
 class HeadLearnerConfig:
     hidden: int = 64  # channels of the heads' hidden layer
     epochs: int = 40  # passes over the labeled frames
-    min_steps: int = 200  # at least this many optimizer steps (small labeled sets)
+    min_steps: int = 100  # at least this many optimizer steps (small labeled sets)
     batch_size: int = 16  # frames per step
     lr: float = 3e-3  # AdamW peak learning rate (cosine decay to 5 %)
     weight_decay: float = 1e-4

@@ -41,7 +41,7 @@ def test_paired_delta_and_intervals():
 
 
 @pytest.mark.slow
-def test_quick_benchmark_runs_end_to_end_and_resumes(tmp_path):
+def test_quick_benchmark_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     from model_inputs import random_tiny_checkpoint
 
     ckpt, _ = random_tiny_checkpoint(tmp_path / "tiny.pt")
@@ -52,7 +52,7 @@ def test_quick_benchmark_runs_end_to_end_and_resumes(tmp_path):
     report = json.loads((tmp_path / "run" / "active_learning.json").read_text())
     assert (tmp_path / "run" / "learning_curves.png").stat().st_size > 10_000
     arms = report["arms"]
-    assert {"random", "oracle", "query", "rare", "typical", "uncertainty"} <= set(arms)
+    assert set(arms) == {"random", "oracle", "query", "rare", "typical", "uncertainty"}
     assert arms["oracle"]["yield"]["share"] == 1.0  # the quick pool holds more rare frames than two rounds pick
     assert arms["oracle"]["yield"]["n"] == 6 and arms["random"]["yield"]["n"] == 6
     assert sorted(int(n) for n in report["curves"]["random"]) == [6, 9, 12, 24]
@@ -61,8 +61,19 @@ def test_quick_benchmark_runs_end_to_end_and_resumes(tmp_path):
         assert 0.0 <= arm["final"]["rare_ap_unclipped"]["mean"] <= 1.0
         assert name == "random" or "rare_ap_unclipped" in arm["delta_vs_random"]
     assert "Gate 2" in first.stdout and "| oracle |" in first.stdout
-    records = (tmp_path / "run" / "records.jsonl").read_text().splitlines()
+    records = (tmp_path / "run" / "records" / "seed0.jsonl").read_text().splitlines()
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert (tmp_path / "run" / "records.jsonl").read_text().splitlines() == records  # nothing was run twice
+    assert (tmp_path / "run" / "records" / "seed0.jsonl").read_text().splitlines() == records  # nothing was run twice
     assert "round 1" not in again.stdout
+
+    # the demo quotes the benchmark's result for the strategy it mines with
+    from data_engine import demo
+
+    monkeypatch.setattr(demo, "ACTIVE_LEARNING", tmp_path / "run" / "active_learning.json")
+    line = demo.benchmark_line()
+    rare = arms[demo.DEMO_ARM]
+    assert " + ".join(demo.DEMO_STRATEGIES) in line and "1 seed," in line
+    assert f"{rare['final']['rare_ap_unclipped']['mean']:.3f}" in line and "with 12 labels" in line
+    monkeypatch.setattr(demo, "ACTIVE_LEARNING", tmp_path / "missing.json")
+    assert "python -m bench.active_learning" in demo.benchmark_line()

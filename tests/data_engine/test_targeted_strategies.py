@@ -202,3 +202,20 @@ def test_select_frames_without_a_catalog() -> None:
 def test_bad_specs_are_named(spec: str, message: str) -> None:
     with pytest.raises(StrategyError, match=message):
         make_strategy(spec)
+
+
+def test_rare_fire_calibrates_on_the_labeled_frames_without_the_class() -> None:
+    """With labels known, the threshold is the quantile over the frames lacking the class: a labeled set
+    that mining has filled with trailers does not raise it."""
+    rng = np.random.default_rng(1)
+    negatives, positives = rng.beta(1, 8, size=300), rng.beta(8, 1, size=300)
+    scores = np.concatenate([negatives, positives])
+    classes = tuple(frozenset({"car"}) for _ in negatives) + tuple(frozenset({"trailer", "car"}) for _ in positives)
+    rare = make_strategy("rare:trailer@fire=0.1")
+    assert rare.needs_reference_labels
+    rare.prepare(context(classes=classes, scores={rare.name: scores}))
+    assert rare.threshold == pytest.approx(np.quantile(negatives, 0.9))
+    assert np.mean([rare.fired(float(v), {}) for v in negatives]) == pytest.approx(0.1, abs=0.01)
+    unlabeled = make_strategy("rare:trailer@fire=0.1")
+    unlabeled.prepare(context(scores={unlabeled.name: scores}))  # labels unknown: every labeled frame counts
+    assert unlabeled.threshold == pytest.approx(np.quantile(scores, 0.9)) and unlabeled.threshold > rare.threshold
