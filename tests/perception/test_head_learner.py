@@ -77,6 +77,7 @@ def _planted(cache: FeatureCache) -> FeatureCache:
     return dataclasses.replace(cache, features=f.astype(np.float16))
 
 
+@pytest.mark.slow
 def test_the_learner_finds_planted_evidence_and_starts_from_the_same_init(cached):
     _, _, cache = cached
     planted = _planted(cache)
@@ -94,9 +95,10 @@ def test_the_learner_finds_planted_evidence_and_starts_from_the_same_init(cached
     assert car_ap(trained) > 0.5 > car_ap(untrained) + 0.2
     for a, b in zip(init_heads(planted, cfg).state_dict().values(), init_heads(cache, cfg).state_dict().values()):
         assert torch.equal(a, b)  # every training starts from the same heads
-    again = train_heads(planted, everything, cfg)
-    for a, b in zip(trained.state_dict().values(), again.state_dict().values()):
-        assert torch.equal(a, b)
+    short = dataclasses.replace(cfg, epochs=0, min_steps=20)
+    for a, b in zip(train_heads(planted, everything, short).state_dict().values(),
+                    train_heads(planted, everything, short).state_dict().values()):
+        assert torch.equal(a, b)  # the same labels and seed give the same heads
 
 
 def test_the_evaluator_scores_rare_classes_with_and_without_clipping(cached):
