@@ -2,9 +2,11 @@
 
 A mining arm runs the data engine's own registered strategies (``data_engine.mining.strategies``)
 and its selection (:func:`data_engine.mining.selection.select_frames`, with the default
-``SelectionConfig``) on what the current learner says about every pool frame, exactly as
-``data-engine mine`` would on an exported model's outputs; the frame embedding is the pooled frozen
-BEV features of the cache. Two arms are the benchmark's own: ``random`` (the baseline) and
+``SelectionConfig``) on what the current learner says about every pool frame, as ``data-engine mine``
+does on an exported model's outputs. The frame embedding is the cache's pooled BEV features (mean
+and max over the grid); the product embeds the same pooled features, normalised, and through a
+fixed random projection for checkpoints trained before it embedded them directly (as the edge
+model measured here was), so query and typical rank on the pooled features themselves here. Two arms are the benchmark's own: ``random`` (the baseline) and
 ``oracle`` (picks frames that truly hold a rare class: the skyline that shows how much room
 selection has; no strategy can know this).
 """
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_engine.mining.selection import SelectionConfig, select_frames
+from data_engine.mining.selection import SelectionConfig, near_in_time, select_frames
 from data_engine.mining.strategies import FrameOutput, RunContext, RunStrategy, make_strategy
 from perception.boxes import BoxCodec, sigmoid
 from perception.data.nuscenes import load_dataset
@@ -79,7 +81,7 @@ class Pool:
         """bool [N]: frames less than ``min_gap`` s from a labeled frame of their scene (temporal suppression)."""
         out = np.zeros(len(self), dtype=bool)
         for j in np.flatnonzero(labeled):
-            out |= (self.scene == self.scene[j]) & (np.abs(self.time_s - self.time_s[j]) < min_gap)
+            out |= near_in_time(self.scene, self.time_s, self.scene[j], self.time_s[j], min_gap)
         return out
 
 

@@ -5,7 +5,8 @@
   Wilcoxon signed-rank p;
 - yield: the share of picks holding a rare class, with a Wilson interval (``scipy.stats.binomtest``),
   against the pool's base rate at pick time;
-- label efficiency: the labels random needs to reach a metric, read off random's mean learning curve.
+- label efficiency: the labels random needs to reach a metric, read off random's mean learning curve,
+  with an interval from resampling the seeds.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 
 def mean_ci(values: Sequence[float], seed: int = 0) -> dict[str, float]:
-    """mean and 95 % bootstrap interval of the mean (NaN interval for fewer than 2 values)."""
+    """mean and 95 % bootstrap (BCa) interval of the mean; min and max for fewer than 2 distinct values."""
     from scipy import stats
 
     v = np.asarray([x for x in values if math.isfinite(x)], dtype=np.float64)
@@ -27,10 +28,14 @@ def mean_ci(values: Sequence[float], seed: int = 0) -> dict[str, float]:
         return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
     if len(v) < 2 or np.ptp(v) == 0:
         return {"mean": float(v.mean()), "lo": float(v.min()), "hi": float(v.max()), "n": int(len(v))}
-    res = stats.bootstrap((v,), np.mean, confidence_level=0.95, n_resamples=10_000, method="percentile",
-                          random_state=seed)
-    return {"mean": float(v.mean()), "lo": float(res.confidence_interval.low),
-            "hi": float(res.confidence_interval.high), "n": int(len(v))}
+    # BCa: the percentile interval is too narrow with a handful of seeds
+    res = stats.bootstrap((v,), np.mean, confidence_level=0.95, n_resamples=10_000, method="BCa", random_state=seed)
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        res = stats.bootstrap((v,), np.mean, confidence_level=0.95, n_resamples=10_000, method="percentile",
+                              random_state=seed)
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return {"mean": float(v.mean()), "lo": lo, "hi": hi, "n": int(len(v))}
 
 
 def paired_delta(arm: Mapping[int, float], base: Mapping[int, float]) -> dict[str, Any]:
@@ -68,6 +73,25 @@ def labels_to_reach(curve: Mapping[int, float], target: float) -> float:
             f = (target - y0) / (y1 - y0) if y1 > y0 else 1.0
             return float(math.exp(math.log(x0) + f * (math.log(x1) - math.log(x0))))
     return math.inf
+
+
+def efficiency_ci(random: Mapping[int, Mapping[int, float]], arm: Mapping[int, float], labels: int,
+                  resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Label efficiency (:func:`labels_to_reach` on random's mean curve / ``labels``) with a 95 %
+    percentile interval from resampling the seeds (random: labels -> seed -> metric; arm: seed -> metric)."""
+    seeds = sorted(set(arm).intersection(*(set(v) for v in random.values())))
+    if not seeds:
+        return {"value": math.nan, "lo": math.nan, "hi": math.nan}
+
+    def value(chosen: Sequence[int]) -> float:
+        curve = {n: float(np.mean([random[n][s] for s in chosen])) for n in random}
+        return labels_to_reach(curve, float(np.mean([arm[s] for s in chosen]))) / labels
+
+    rng = np.random.default_rng(seed)
+    draws = np.array([value(rng.choice(seeds, size=len(seeds))) for _ in range(resamples)])
+    ordered = np.sort(draws)  # order statistics: a draw random never reaches stays inf (np.quantile gives nan)
+    lo, hi = ordered[int(0.025 * (resamples - 1))], ordered[int(np.ceil(0.975 * (resamples - 1)))]
+    return {"value": value(seeds), "lo": float(lo), "hi": float(hi)}
 
 
 def plot_curves(curves: Mapping[str, Mapping[int, Mapping[str, dict[str, float]]]], metrics: Sequence[tuple[str, str]],

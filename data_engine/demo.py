@@ -36,12 +36,13 @@ from data_engine.sim.synth import (
 from data_engine.sim.synth_output import RecipeMismatch
 from data_engine.sim.synth_report import print_summary
 from perception.errors import BevStackError, one_line
+from perception.schema import RARE_CLASSES
 
 W, H = 352, 198  # camera size: twice the tiny preset's input is plenty, and quick to render
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny_loop.yaml"
 # The strategy the label-limited benchmark (python -m bench.active_learning) found best, and its results.
 DEMO_ARM = "rare"
-DEMO_STRATEGIES = ["rare:construction_vehicle@fire=0.1", "rare:trailer@fire=0.1"]
+DEMO_STRATEGIES = [f"rare:{c}@fire=0.1" for c in RARE_CLASSES]
 ACTIVE_LEARNING = Path(__file__).resolve().parent.parent / "bench" / "results" / "active_learning.json"
 
 
@@ -57,7 +58,7 @@ def benchmark_line() -> str:
         reach = arm["random_labels_to_match"]
     except (OSError, ValueError, KeyError, TypeError):
         return "Whether mining beats random selection at the same budget: python -m bench.active_learning"
-    match = (f"random needs more than {max(proto['random_labels'])} labels to match it" if reach == float("inf")
+    match = (f"random needs more than {max(proto['random_labels'])} labels to match it" if reach is None
              else f"random needs {reach:.0f} labels to match it")
     return (f"The demo mines with {' + '.join(DEMO_STRATEGIES)}, the best arm of the label-limited benchmark "
             f"(python -m bench.active_learning, {len(report['seeds'])} seed{'s' if len(report['seeds']) != 1 else ''}, "

@@ -15,7 +15,6 @@ Writes ``model.<precision>.onnx`` and ``export_report.json`` to ``out``:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +45,7 @@ from perception.metrics.report import nan_to_none
 from perception.geometry import make_transform
 from perception.presets import Preset, preset_to_dict
 from perception.checkpoint import load_model_from_checkpoint
+from perception.digest import file_sha256
 from perception.errors import BevStackError
 
 __all__ = ["ExportError", "export_checkpoint", "parity_report", "run_edge"]
@@ -57,14 +57,6 @@ FP32_TOLERANCE = 1e-3
 
 class ExportError(BevStackError, RuntimeError):
     """The export cannot be written or checked; the message says which file and what failed."""
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------

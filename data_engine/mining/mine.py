@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from perception.data.nuscenes import DatasetError
+from perception.digest import file_sha256
 
 from ..catalog import Catalog, CatalogError, FrameResult, FrameRow
 from .scoring import (DatasetReaders, MineError, SceneJob, SceneScorer, frame_labels, group_scenes, init_worker,
@@ -44,7 +45,7 @@ from .strategies import (
     strategy_failure,
 )
 
-__all__ = ["MineConfig", "MineError", "MineSummary", "SceneJob", "mine", "run_context", "score_scenes"]
+__all__ = ["MineConfig", "MineError", "MineSummary", "SceneJob", "file_sha256", "mine", "run_context", "score_scenes"]
 
 _T = TypeVar("_T")
 
@@ -123,14 +124,6 @@ def score_scenes(jobs: Sequence[SceneJob], scorer_kwargs: dict[str, Any], worker
 
 
 # -- the run ---------------------------------------------------------------------------------------------
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def default_run_name(model_sha: str, strategies: Sequence[str], budget: int) -> str:
     key = hashlib.sha256(json.dumps([list(strategies), budget]).encode()).hexdigest()[:6]
     return f"mine-{model_sha[:8]}-{key}"

@@ -26,7 +26,7 @@ import numpy as np
 from ..catalog import Catalog
 from .strategies import Strategy, centered, cosine_distances
 
-__all__ = ["Pick", "SelectionConfig", "nearest_frames", "rank_normalize", "select", "select_frames"]
+__all__ = ["Pick", "SelectionConfig", "near_in_time", "nearest_frames", "rank_normalize", "select", "select_frames"]
 
 
 @dataclass
@@ -96,6 +96,12 @@ def _median_nn_distance(emb: np.ndarray, sample: int = 500, among: int = 50_000)
     return float(np.median(near)) if near.size else 0.0
 
 
+def near_in_time(scene: np.ndarray, time_s: np.ndarray, anchor_scene: object, anchor_time: float,
+                 min_gap: float) -> np.ndarray:
+    """bool [N]: the frames of ``anchor_scene`` less than ``min_gap`` s from ``anchor_time`` (temporal suppression)."""
+    return (scene == anchor_scene) & (np.abs(time_s - anchor_time) < min_gap)
+
+
 def select_frames(emb: np.ndarray, scene: np.ndarray, time_s: np.ndarray, scores: Mapping[str, np.ndarray],
                   strategies: Sequence[Strategy], budget: int, cfg: SelectionConfig,
                   reference: np.ndarray, blocked: np.ndarray | None = None) -> list[tuple[int, float, list[str]]]:
@@ -162,7 +168,7 @@ def select_frames(emb: np.ndarray, scene: np.ndarray, time_s: np.ndarray, scores
         d_new = cosine_distances(emb, emb[j:j + 1])[:, 0]
         dist = np.minimum(dist, d_new)
         available &= d_new >= dedup_distance  # near-duplicates of the pick
-        available &= ~((scene == scene[j]) & (np.abs(time_s - time_s[j]) < cfg.min_gap))  # temporal suppression
+        available &= ~near_in_time(scene, time_s, scene[j], time_s[j], cfg.min_gap)  # temporal suppression
     return picks
 
 
@@ -186,7 +192,7 @@ def select(cat: Catalog, run_id: int, strategies: Sequence[Strategy], budget: in
         for sc, ts in cat.conn.execute(
                 "SELECT f.scene_token, f.timestamp FROM frames f JOIN frame_results r ON r.frame_id = f.id"
                 " AND r.run_id = ? WHERE f.label_state IN ('queued', 'labeled')", (run_id,)):
-            blocked |= (scene == sc) & (np.abs(time_s - ts / 1e6) < cfg.min_gap)
+            blocked |= near_in_time(scene, time_s, sc, ts / 1e6, cfg.min_gap)
     picks = select_frames(emb, scene, time_s, scores, strategies, budget, cfg, ref, blocked)
     return [Pick(int(ids[j]), rows[int(ids[j])][2], score, reasons) for j, score, reasons in picks]
 

@@ -22,7 +22,6 @@ dataset is reused as it stands.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import torch
 from ..checkpoint import load_model_from_checkpoint
 from ..data.dataset import DatasetConfig, MultiCamDataset
 from ..data.nuscenes import load_dataset
+from ..digest import file_sha256
 from ..evaluate import run_model
 from ..presets import Preset, preset_from_dict, preset_to_dict
 from ..schema import parse_conditions
@@ -91,21 +91,13 @@ class FeatureCache:
         return np.array([cls_name in c for c in self.classes], dtype=bool)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_feature_cache(checkpoint: str | Path, data: str | Path, out: str | Path, *, batch_size: int = 4,
                         device: str | None = None, progress: bool = True) -> FeatureCache:
     """Run the checkpoint's model over every frame of ``data`` and cache its heads' input (see the module doc).
 
     Reuses ``out`` when it already holds this checkpoint's features of this dataset."""
     checkpoint, data, out = Path(checkpoint), Path(data), Path(out)
-    sha = _sha256(checkpoint)
+    sha = file_sha256(checkpoint)
     if (out / "frames.json").is_file():
         meta = json.loads((out / "frames.json").read_text())
         if meta.get("format") == CACHE_FORMAT and meta.get("checkpoint_sha256") == sha and meta.get("data") == str(data):

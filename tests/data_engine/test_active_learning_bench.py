@@ -66,6 +66,12 @@ def test_quick_benchmark_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "run" / "records" / "seed0.jsonl").read_text().splitlines() == records  # nothing was run twice
     assert "round 1" not in again.stdout
+    assert report["compute_s"] > 0 and "Infinity" not in (tmp_path / "run" / "active_learning.json").read_text()
+    other, _ = random_tiny_checkpoint(tmp_path / "other.pt", seed=1)  # records of another model are not mixed in
+    refused = subprocess.run([*cmd[:-6], "--checkpoint", str(other), *cmd[-4:]], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
+    assert refused.returncode != 0 and "holds records of another checkpoint" in refused.stderr, refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr
 
     # the demo quotes the benchmark's result for the strategy it mines with
     from data_engine import demo
@@ -77,3 +83,28 @@ def test_quick_benchmark_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     assert f"{rare['final']['rare_ap_unclipped']['mean']:.3f}" in line and "with 12 labels" in line
     monkeypatch.setattr(demo, "ACTIVE_LEARNING", tmp_path / "missing.json")
     assert "python -m bench.active_learning" in demo.benchmark_line()
+
+
+def test_label_efficiency_interval_resamples_seeds():
+    from bench.al_stats import efficiency_ci
+
+    random = {40: {s: 0.1 for s in range(6)}, 160: {s: 0.2 + 0.01 * s for s in range(6)},
+              480: {s: 0.3 for s in range(6)}}
+    e = efficiency_ci(random, {s: 0.3 for s in range(6)}, 160)
+    assert e["value"] == pytest.approx(3.0) and e["lo"] == pytest.approx(3.0)
+    e = efficiency_ci(random, {s: 0.25 + 0.01 * s for s in range(6)}, 160)
+    assert 1.0 < e["lo"] < e["value"] < e["hi"] <= 3.0
+    e = efficiency_ci(random, {s: 0.5 for s in range(6)}, 160)  # beyond random's last point
+    assert e["value"] == e["lo"] == e["hi"] == float("inf")
+
+
+def test_records_of_an_arm_cut_short_are_left_out(tmp_path):
+    from bench.active_learning import PROTOCOLS, read_records
+
+    proto = PROTOCOLS["quick"]
+    path = tmp_path / "seed0.jsonl"
+    rows = [{"seed": 0, "arm": "random", "labels": n} for n in proto.random_labels]
+    rows += [{"seed": 0, "arm": "rare", "labels": 9, "round": 1}]  # round 2 never written
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"seed": 0, "arm": "rar')
+    kept = read_records(path, proto)
+    assert [r["arm"] for r in kept] == ["random"] * len(proto.random_labels)
