@@ -163,6 +163,18 @@ class Catalog(MiningRunTables, LineageTables):
         return {"dataset_id": int(dataset_id), "added": added, "frames": int(total)}
 
     # -- reading ---------------------------------------------------------------------------------------
+    def labeled_classes(self, frame_ids: Sequence[int]) -> list[frozenset[str]]:
+        """The categories and detection classes labeled in each frame (``frame_classes``, kept by indexing
+        and by ingest), in the order of ``frame_ids``; empty for a frame without labeled objects."""
+        found: dict[int, set[str]] = {}
+        ids = [int(i) for i in frame_ids]
+        for start in range(0, len(ids), 500):  # SQLite bounds the number of parameters
+            part = ids[start:start + 500]
+            for frame_id, name in self.conn.execute(
+                    f"SELECT frame_id, class FROM frame_classes WHERE frame_id IN ({','.join('?' * len(part))})", part):
+                found.setdefault(int(frame_id), set()).add(str(name))
+        return [frozenset(found.get(i, ())) for i in ids]
+
     def status(self) -> dict[str, Any]:
         """Counts of frames per label state and dataset, mining runs, label batches and dataset versions."""
         c = self.conn

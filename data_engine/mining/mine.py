@@ -27,12 +27,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from perception.data.nuscenes import DatasetError
 from perception.digest import file_sha256
+from perception.schema import DETECTION_CLASSES
 
 from ..catalog import Catalog, CatalogError, FrameResult, FrameRow
-from .scoring import (DatasetReaders, MineError, SceneJob, SceneScorer, frame_labels, group_scenes, init_worker,
-                      score_in_worker)
+from .scoring import MineError, SceneJob, SceneScorer, group_scenes, init_worker, score_in_worker
 from .selection import SelectionConfig, select
 from .strategies import (
     RunContext,
@@ -50,6 +49,7 @@ __all__ = ["MineConfig", "MineError", "MineSummary", "SceneJob", "file_sha256", 
 _T = TypeVar("_T")
 
 ENGINES = ("local", "ray")
+_DETECTION = frozenset(DETECTION_CLASSES)
 
 
 @dataclass
@@ -178,22 +178,6 @@ def _reference_scenes(scenes: list[tuple[int, str, list[FrameRow]]], limit: int)
     return [scenes[i] for i in sorted({round(float(x)) for x in np.linspace(0, len(scenes) - 1, n)})]
 
 
-def _reference_classes(cat: Catalog, frame_ids: np.ndarray) -> tuple[frozenset[str], ...]:
-    """The detection classes labeled in each frame (the newest dataset version first, else its own dataset)."""
-    labels_root = cat.latest_version_root()
-    labeled_roots = set(cat.labeled_dataset_roots())
-    readers = DatasetReaders()
-    out = []
-    for i in frame_ids:
-        frame = cat.frame(int(i))
-        try:
-            boxes = frame_labels(frame, labels_root, frame.dataset_root in labeled_roots, readers)
-        except (MineError, DatasetError) as exc:
-            raise MineError(f"the labels of labeled frame {frame.sample_token} cannot be read: {exc}") from None
-        out.append(frozenset(boxes.names))
-    return tuple(out)
-
-
 def run_context(cat: Catalog, run_id: int, strategies: Sequence[Strategy], budget: int) -> RunContext:
     """What the strategies may know of run ``run_id`` before ranking: the budget and the run's scored
     labeled frames, with their scores and (when a strategy needs_reference_labels) their labeled classes."""
@@ -203,7 +187,7 @@ def run_context(cat: Catalog, run_id: int, strategies: Sequence[Strategy], budge
     classes: tuple[frozenset[str], ...] = ()
     wanting = [s.name for s in strategies if s.needs_reference_labels]
     if wanting:
-        classes = _reference_classes(cat, ids)
+        classes = tuple(c & _DETECTION for c in cat.labeled_classes(ids))
         if not any(classes):
             raise StrategyError(f"{', '.join(wanting)}: no labeled frame of the run holds labels "
                                 f"({len(ids)} labeled frames embedded); index a labeled dataset first")

@@ -109,4 +109,13 @@ def test_the_evaluator_scores_rare_classes_with_and_without_clipping(cached):
     for c, ap in scores.ap.items():
         assert 0.0 <= ap <= scores.ap_unclipped[c] + 1e-9 <= 1.0 + 1e-9
     assert set(scores.to_dict()) >= {"mAP", "ap_unclipped", "heatmap_ap", "recall"}
+    from perception.metrics import DetectionEvaluator, EvalBoxes, unclipped  # the same as a whole unclipped evaluation
+
+    evaluator = HeadEvaluator(cache)
+    ev = DetectionEvaluator(unclipped(evaluator.config))
+    decoded = evaluator.codec.decode_logits(predict_heads(heads, cache), evaluator.score_threshold)
+    for token, gt, boxes in zip(cache.tokens, evaluator.gt, decoded):
+        ev.add_sample(token, gt, EvalBoxes.from_decoded(boxes, evaluator.codec.classes))
+    for c, ap in ev.compute().mean_dist_aps.items():
+        assert scores.ap_unclipped[c] == pytest.approx(ap, abs=1e-12)
     assert np.isfinite(scores.mAP)
