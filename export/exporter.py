@@ -10,14 +10,17 @@ Writes ``model.<precision>.onnx`` and ``export_report.json`` to ``out``:
   calibrated on), each with its own video state fed back: max and mean absolute difference per output
   and whether the decoded boxes are identical. FP32 beyond tolerance fails the export;
 - INT8: calibrated on frames of the train split with their video state; the per-layer sensitivity;
+- safety (given a dataset): the score calibration fitted on the val split and the novelty index of the
+  train split (:mod:`export.safety`), stored in the metadata of every precision;
 - accuracy: every precision and the PyTorch model on the val split, with `perception eval`'s metrics.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ import numpy as np
 import onnx
 import torch
 
+from export.model_file import write_metadata
 from export.onnx_export import OPSET, export_onnx
 from export.precision import (
     DEFAULT_INT8_OP_TYPES,
@@ -32,14 +36,16 @@ from export.precision import (
     quantize_int8,
     to_fp16,
 )
+from export.dataset_runs import feeds_of as _feeds_of
+from export.dataset_runs import run_edge
 from export.rig import ring_rig
+from export.safety import fit_calibration_on, fit_novelty_on
 from export.runtime import EdgeModel, ModelMetadata
 from export.runtime.metadata import OUTPUT_NAMES, PRECISIONS
 from perception.boxes import BoxCodec, DecodedBoxes
-from perception.data.batch import MultiCamBatch, collate_frames
+from perception.data.batch import collate_frames
 from perception.data.dataset import DatasetConfig, MultiCamDataset
 from perception.data.nuscenes import NuScenesDataset, load_dataset
-from perception.data.sampler import ClipBatchSampler
 from perception.evaluate import default_split, evaluate_model, evaluate_outputs
 from perception.metrics.report import nan_to_none
 from perception.geometry import make_transform
@@ -62,16 +68,6 @@ class ExportError(BevStackError, RuntimeError):
 # --------------------------------------------------------------------------------------------------
 # Inputs: dataset frames or random ones
 # --------------------------------------------------------------------------------------------------
-
-
-def _feeds_of(batch: MultiCamBatch, prev_state: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The model's inputs of a batch (:meth:`MultiCamBatch.model_inputs`) as numpy arrays, ``prev_state``
-    zeroed where a clip starts; without ``prev_state`` when none is given (the caller carries its own)."""
-    state = torch.zeros(len(batch), 1, 1, 1) if prev_state is None else torch.from_numpy(prev_state)
-    feeds = {k: v.numpy() for k, v in batch.model_inputs(state).items()}
-    if prev_state is None:
-        del feeds["prev_state"]
-    return feeds
 
 
 def _random_feeds(preset: Preset, batch: int, frames: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -98,22 +94,6 @@ def _dataset_clip(dataset: MultiCamDataset, length: int, scene: int = 0) -> list
         raise ExportError(f"{dataset.reader.root}: split {dataset.config.split!r} has no frames")
     clip = clips[scene % len(clips)][:length]
     return [_feeds_of(collate_frames([dataset[i]])) for i in clip]
-
-
-def run_edge(model: EdgeModel, dataset: MultiCamDataset,
-             clips: list[list[int]] | None = None) -> Iterator[tuple[MultiCamBatch, dict[str, np.ndarray]]]:
-    """An exported model over a dataset's scenes in time order, the video state carried (zeros at
-    each scene's first frame): yields (batch of 1, outputs), the pairs :func:`evaluate_outputs` scores."""
-    from torch.utils.data import DataLoader
-
-    sampler = ClipBatchSampler(clips if clips is not None else dataset.clips(), 1, clip_length=None, shuffle=False,
-                               drop_last=False)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_frames, num_workers=0)
-    state = model.initial_state(1)
-    for batch in loader:
-        out = model.infer(**_feeds_of(batch, state))
-        state = out["state"]
-        yield batch, out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,7 +203,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, pre
                       calib_data: str | Path | None = None, calib_frames: int = 32, static: bool = False,
                       fixed_rig: bool = False, train_split: str | None = None, val_split: str | None = None,
                       evaluate: bool = True, int8_op_types: Sequence[str] = DEFAULT_INT8_OP_TYPES,
-                      threads: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                      threads: int | None = None, safety: bool = True,
+                      log: Callable[[str], None] = print) -> dict[str, Any]:
     """Export a checkpoint (see the module docstring). Returns the report (also in export_report.json)."""
     started = time.perf_counter()
     checkpoint = Path(checkpoint)
@@ -297,6 +278,20 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, pre
         (out / "export_report.json").write_text(json.dumps(nan_to_none(report), indent=2))
         raise ExportError(f"{files['fp32']}: FP32 onnxruntime output differs from PyTorch beyond {FP32_TOLERANCE} "
                           f"(relative max abs diff {off}); see {out / 'export_report.json'}")
+
+    if safety and calib_ds is not None and val_ds is not None:
+        t0 = time.perf_counter()
+        calibration, cal_report = fit_calibration_on(edge["fp32"], preset, val_ds)
+        novelty = fit_novelty_on(edge["fp32"], calib_ds, log=log)
+        meta = dataclasses.replace(meta, calibration=calibration.to_json(), novelty=novelty.to_json())
+        write_metadata(onnx.load(str(files["fp32"])), meta, files["fp32"])
+        edge["fp32"] = EdgeModel(files["fp32"], threads=threads)
+        report["safety"] = {"calibration": cal_report, "novelty": {"fitted_on": novelty.fitted_on,
+                                                                  "centers": len(novelty.centers)}}
+        timings["safety_s"] = time.perf_counter() - t0
+        det, seg = cal_report["detection_pooled"], cal_report["segmentation_pooled"]
+        log(f"score calibration on {val_ds.config.split} (in-sample): detection ECE {det['ece_raw']:.3f} -> "
+            f"{det['ece_calibrated']:.3f}, segmentation ECE {seg['ece_raw']:.4f} -> {seg['ece_calibrated']:.4f}")
 
     if "fp16" in precisions:
         files["fp16"] = to_fp16(files["fp32"], out / "model.fp16.onnx", meta)

@@ -122,6 +122,14 @@ def visibility_token(visible_fraction: float) -> str:
 
 
 def parse_conditions(description: str) -> tuple[str, ...]:
-    """Conditions named in a scene description such as ``"night, rain"`` (unknown words ignored)."""
-    words = [w.strip().lower().replace(" ", "_") for w in description.replace(";", ",").split(",")]
-    return tuple(w for w in words if w in CONDITIONS)
+    """Conditions named in a scene description such as ``"night, rain, blocked_lens CAM_FRONT"``: each
+    comma-separated phrase names a condition in full ("dirty lens" or "dirty_lens") or by its first word
+    (the camera after a lens condition); unknown phrases are ignored."""
+    out = []
+    for phrase in description.replace(";", ",").split(","):
+        phrase = phrase.strip().lower()
+        for word in (phrase.replace(" ", "_"), phrase.split(" ")[0] if phrase else ""):
+            if word in CONDITIONS:
+                out.append(word)
+                break
+    return tuple(out)

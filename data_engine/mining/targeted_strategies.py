@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from perception.metrics.novelty import DIST_CHUNK as _CHUNK
+from perception.metrics.novelty import kmeans
 from perception.schema import DETECTION_CLASSES
 
 from .strategy_base import (
@@ -33,7 +35,6 @@ from .strategy_base import (
 
 __all__ = ["calibrated_rare", "kmeans", "query_strategy", "typical_strategy"]
 
-_CHUNK = 4_000_000  # float64 values per block of a distance matrix (32 MB): memory stays bounded for any pool
 
 
 class _CalibratedRare(Strategy):
@@ -162,58 +163,6 @@ def query_strategy(arg: str | None) -> Strategy:
     if at and not k:
         raise StrategyError(f"query: expected query:{cls}@K with K the number of exemplars, got {arg!r}")
     return _Query(cls, int_arg("query", k, 1) if k else None)
-
-
-def _sq_norms(x: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", x, x)
-
-
-def _nearest_centers(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """[N] index of the nearest row of centers [K, E] to each row of x [N, E] (squared Euclidean)."""
-    out = np.empty(len(x), np.int64)
-    cn = _sq_norms(centers)
-    step = max(1, _CHUNK // max(1, len(centers)))
-    for i in range(0, len(x), step):
-        part = x[i:i + step]
-        out[i:i + step] = np.argmin(cn[None, :] - 2.0 * part @ centers.T, axis=1)  # |x|^2 is the same for every center
-    return out
-
-
-def kmeans(x: np.ndarray, k: int, seed: int = 0, max_iter: int = 50) -> np.ndarray:
-    """[N] cluster (0..k-1) of each row of x [N, E]: greedy k-means++ seeding with ``seed``, then Lloyd
-    iterations until no assignment changes or ``max_iter``. A cluster may end empty (k > distinct rows)."""
-    n = len(x)
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}], got {k}")
-    x = np.asarray(x, np.float64)
-    rng = np.random.default_rng(seed)
-    xn = _sq_norms(x)
-    centers = np.empty((k, x.shape[1]))
-    first = int(rng.integers(n))
-    centers[0] = x[first]
-    d2 = np.maximum(xn + xn[first] - 2.0 * x @ x[first], 0.0)  # squared distance to the nearest center so far
-    trials = 2 + int(np.log(k))  # greedy k-means++: the best of a few draws, fewer bad seeds
-    for c in range(1, k):
-        cum = np.cumsum(d2)
-        if not cum[-1] > 0:  # every row is a center already: any row
-            picks = rng.integers(n, size=1)
-        else:  # rows drawn with probability proportional to d2
-            picks = np.minimum(np.searchsorted(cum, rng.random(trials) * cum[-1], side="right"), n - 1)
-        new_d2 = np.minimum(d2[:, None], np.maximum(xn[:, None] + xn[picks][None, :] - 2.0 * x @ x[picks].T, 0.0))
-        best = int(np.argmin(new_d2.sum(axis=0)))
-        centers[c], d2 = x[picks[best]], new_d2[:, best]
-    assign = np.full(n, -1, np.int64)
-    for _ in range(max_iter):
-        new = _nearest_centers(x, centers)
-        if np.array_equal(new, assign):
-            break
-        assign = new
-        counts = np.bincount(assign, minlength=k)
-        sums = np.zeros_like(centers)
-        np.add.at(sums, assign, x)
-        full = counts > 0  # an empty cluster keeps its center
-        centers[full] = sums[full] / counts[full, None]
-    return assign
 
 
 def _most_typical(points: np.ndarray, neighbours: int, max_rows: int = 2000) -> tuple[int, float]:

@@ -33,6 +33,8 @@ import numpy as np
 
 from perception.boxes import BoxCodec
 from perception.geometry import BEVGrid
+from perception.metrics.calibration import ScoreCalibration
+from perception.metrics.novelty import NoveltyIndex
 from perception.presets import Preset, PresetError, is_json_of_type, preset_from_dict, preset_to_dict
 from perception.errors import BevStackError
 from perception.specs import MODEL_INPUT_NAMES, MODEL_OUTPUT_NAMES
@@ -65,6 +67,8 @@ class ModelMetadata:
     static_batch: int | None = None  # the batch size of a static-shape model; None: dynamic batch
     fixed_rig: dict[str, list] | None = None  # {"K": [N][3][3], "ego_T_cam": [N][4][4]} at the input size
     exporter: dict[str, Any] = field(default_factory=dict)  # opset, torch and onnx versions
+    calibration: dict[str, Any] | None = None  # ScoreCalibration.to_json(), fitted on the val split; None: raw
+    novelty: dict[str, Any] | None = None  # NoveltyIndex.to_json() of the train split; None: no novelty score
     format_version: int = FORMAT_VERSION
 
     # -- what the preset says, by name -----------------------------------------------------------
@@ -96,6 +100,14 @@ class ModelMetadata:
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(n for n in INPUT_NAMES if self.fixed_rig is None or n not in RIG_INPUTS)
+
+    def score_calibration(self) -> ScoreCalibration | None:
+        """The detection and segmentation calibration the runtime applies, or None."""
+        return None if self.calibration is None else ScoreCalibration.from_json(self.calibration)
+
+    def novelty_index(self) -> NoveltyIndex | None:
+        """The training set's novelty index, or None."""
+        return None if self.novelty is None else NoveltyIndex.from_json(self.novelty, self.embedding_dim)
 
     def rig_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The fixed rig's (K [N, 3, 3], ego_T_cam [N, 4, 4]) at the input size."""
@@ -168,11 +180,19 @@ class ModelMetadata:
             raise bad("exporter", "an object")
         if body.get("format_version", version) != version:
             raise bad("format_version", f"{version}, as {VERSION_KEY}")
+        calibration, novelty = body.get("calibration"), body.get("novelty")
+        try:  # parsed here so that a bad table is an error on load, not on the first frame
+            if calibration is not None:
+                ScoreCalibration.from_json(calibration)
+            if novelty is not None:
+                NoveltyIndex.from_json(novelty, body["embedding_dim"])
+        except ValueError as exc:
+            raise MetadataError(f"{source}: metadata {exc}") from None
         return cls(preset=preset_to_dict(preset), precision=body["precision"],
                    checkpoint_sha256=body["checkpoint_sha256"], state_shape=preset.state_shape,
                    embedding_dim=body["embedding_dim"], static_batch=static_batch,
                    fixed_rig=_read_rig(body.get("fixed_rig"), len(preset.input.cameras), source),
-                   exporter=exporter, format_version=version)
+                   exporter=exporter, calibration=calibration, novelty=novelty, format_version=version)
 
 
 def _short(value: Any, limit: int = 80) -> str:

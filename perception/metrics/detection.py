@@ -165,8 +165,19 @@ class DetectionMetrics:
     num_pred: Mapping[str, int]  # class -> predictions kept by the filters
     num_samples: int
     eval_time: float = 0.0  # s spent in compute()
-    # (class, threshold) -> [M] scores of the true positives, descending (M <= num_gt[class])
-    match_scores: Mapping[tuple[str, float], np.ndarray] = field(default_factory=dict)
+    # class -> [P] scores of the kept predictions, in matching order (descending)
+    pred_scores: Mapping[str, np.ndarray] = field(default_factory=dict)
+    # (class, threshold) -> [P] bool, whether each of those predictions matched a ground-truth box
+    pred_matched: Mapping[tuple[str, float], np.ndarray] = field(default_factory=dict)
+
+    def scores_and_matches(self, cls: str, dist_th: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """([P] scores, [P] bool true positive) of the predictions of ``cls``, matched at ``dist_th`` m
+        (default ``config.dist_th_tp``): what a calibration of the scores is measured and fitted on."""
+        th = self.config.dist_th_tp if dist_th is None else float(dist_th)
+        if (cls, th) not in self.pred_matched:
+            raise KeyError(f"no matches of class {cls!r} at {th:g} m (classes {self.config.class_names}, "
+                           f"thresholds {self.config.dist_ths})")
+        return self.pred_scores[cls], self.pred_matched[(cls, th)]
 
     @property
     def mean_dist_aps(self) -> dict[str, float]:
@@ -186,13 +197,10 @@ class DetectionMetrics:
         matches themselves: the 101-point ``curves`` interpolate the score linearly between two
         true positives, and reading recall off them would overstate it by up to one box's share.
         """
-        th = self.config.dist_th_tp if dist_th is None else float(dist_th)
-        if (cls, th) not in self.match_scores:
-            raise KeyError(f"no matches of class {cls!r} at {th:g} m (classes {self.config.class_names}, "
-                           f"thresholds {self.config.dist_ths})")
+        scores, tp = self.scores_and_matches(cls, dist_th)
         if self.num_gt[cls] == 0:
             return math.nan
-        return float(np.count_nonzero(self.match_scores[(cls, th)] >= score)) / self.num_gt[cls]
+        return float(np.count_nonzero(scores[tp] >= score)) / self.num_gt[cls]
 
     @property
     def tp_errors(self) -> dict[str, float]:
@@ -313,7 +321,8 @@ class DetectionEvaluator:
         label_aps: dict[str, dict[float, float]] = {}
         label_tp: dict[str, dict[str, float]] = {}
         curves: dict[tuple[str, float], MetricCurves] = {}
-        match_scores: dict[tuple[str, float], np.ndarray] = {}
+        pred_scores: dict[str, np.ndarray] = {}
+        pred_matched: dict[tuple[str, float], np.ndarray] = {}
         num_gt, num_pred = {}, {}
         for c in cfg.class_names:
             gi, pi = np.flatnonzero(gt_names == c), np.flatnonzero(pred_names == c)
@@ -322,13 +331,15 @@ class DetectionEvaluator:
             order, matched = match_predictions(gt_sample[gi], gt.center[:, :2], pred_sample[pi],
                                                pred.center[:, :2], pred.score, cfg.dist_ths)
             period = ORIENTATION_PERIOD.get(c, 2 * math.pi)
+            pred_scores[c] = pred.score[order]
             for t in cfg.dist_ths:
                 curves[(c, t)] = class_curves(gt, pred, order, matched[t], period)
-                match_scores[(c, t)] = pred.score[order][matched[t] >= 0]
+                pred_matched[(c, t)] = matched[t] >= 0
             label_aps[c] = {t: average_precision(curves[(c, t)], cfg.min_recall, cfg.min_precision)
                             for t in cfg.dist_ths}
             undefined = UNDEFINED_TP_METRICS.get(c, ())
             label_tp[c] = {m: math.nan if m in undefined else tp_error(curves[(c, cfg.dist_th_tp)], m, cfg.min_recall)
                            for m in TP_METRICS}
         return DetectionMetrics(cfg, label_aps, label_tp, curves, num_gt, num_pred, len(self.sample_tokens),
-                                eval_time=time.perf_counter() - start, match_scores=match_scores)
+                                eval_time=time.perf_counter() - start, pred_scores=pred_scores,
+                                pred_matched=pred_matched)

@@ -1,0 +1,125 @@
+"""Calibration of the exported model's confidence on a held-out world: ECE before and after the scaling
+export fitted on the val split, per class and pooled, with a reliability diagram.
+
+    PYTHONPATH=. python -m bench.calibration --checkpoint runs/train/edge_cpu/best.pt --data data/synth
+
+Writes bench/results/calibration.json and bench/results/reliability.png. The held-out world and the
+export: :mod:`bench.safety_world`. Detection: every detection the runtime keeps (score >= 0.1), a true
+positive when it matches a box of its class within 2 m; segmentation: every valid BEV cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path("bench/results")
+
+
+def measure(checkpoint: Path, data: Path, root: Path, size: str = "full", progress: bool = True) -> dict[str, Any]:
+    """The report (see the module docstring) of ``checkpoint`` exported with ``data``."""
+    from bench.safety_world import exported_model, render_test_world
+    from export.dataset_runs import run_edge
+    from export.runtime import EdgeModel
+    from perception.confidence import collect_confidence
+    from perception.data.dataset import DatasetConfig, MultiCamDataset
+    from perception.data.nuscenes import load_dataset
+
+    started = time.perf_counter()
+    world = render_test_world(root, size, progress)
+    model_path = exported_model(checkpoint, data, root)
+    edge = EdgeModel(model_path, threads=2)
+    calibration = edge.metadata.score_calibration()
+    if calibration is None:
+        raise SystemExit(f"{model_path}: the export carries no score calibration (was it exported with a dataset?)")
+    preset = edge.preset
+    reader = load_dataset(world)
+    test = MultiCamDataset(reader, preset, DatasetConfig(split=reader.val_split))
+    samples = collect_confidence(preset, test, run_edge(edge, test), calibration)
+    report = samples.report()
+    report.update(checkpoint=str(checkpoint), model=str(model_path), fitted_on=calibration.fitted_on,
+                  method="per-class Platt scaling of the logits (a z + b), fitted by export on the val split",
+                  elapsed_s=round(time.perf_counter() - started, 1))
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    """Markdown: ECE raw and calibrated per class and pooled, for both tasks."""
+    def f(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = [f"Held-out world: {report['frames']} frames ({report['dataset']}); calibration fitted on "
+             f"{report['fitted_on']}", "", "| task | class | samples | positives | ECE raw | ECE calibrated |",
+             "|---|---|---:|---:|---:|---:|"]
+    for c, r in report["detection"].items():
+        if r["detections"]:
+            lines.append(f"| detection | {c} | {r['detections']} | {r['true_positives']} | {f(r['ece_raw'])} | "
+                         f"{f(r.get('ece_calibrated'))} |")
+    d = report["detection_pooled"]
+    lines.append(f"| detection | **all** | {sum(r['detections'] for r in report['detection'].values())} | "
+                 f"{sum(r['true_positives'] for r in report['detection'].values())} | **{f(d['ece_raw'])}** | "
+                 f"**{f(d.get('ece_calibrated'))}** |")
+    for c, r in report["segmentation"].items():
+        lines.append(f"| segmentation | {c} | {r['cells']} | | {f(r['ece_raw'])} | {f(r.get('ece_calibrated'))} |")
+    s = report["segmentation_pooled"]
+    lines.append(f"| segmentation | **all** | | | **{f(s['ece_raw'])}** | **{f(s.get('ece_calibrated'))}** |")
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Reliability diagrams (detection, segmentation), raw and calibrated, with the sample counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    for ax, key, title in zip(axes, ("detection_pooled", "segmentation_pooled"),
+                              ("detections (TP: matched within 2 m)", "BEV segmentation cells")):
+        part = report[key]
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect")
+        for which, colour in (("raw", "tab:red"), ("calibrated", "tab:blue")):
+            curve = part.get(f"reliability_{which}")
+            if curve is None:
+                continue
+            conf = np.array([np.nan if v is None else v for v in curve["confidence"]])
+            freq = np.array([np.nan if v is None else v for v in curve["frequency"]])
+            ok = np.isfinite(conf)
+            ax.plot(conf[ok], freq[ok], "o-", color=colour, label=f"{which} (ECE {part[f'ece_{which}']:.3f})")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("predicted probability")
+        ax.set_ylabel("observed frequency")
+        ax.set_title(title)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"Reliability on a held-out world ({report['frames']} frames)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=Path("runs/train/edge_cpu/best.pt"))
+    parser.add_argument("--data", type=Path, default=Path("data/synth"), help="the training world (val split: the fit)")
+    parser.add_argument("--root", type=Path, default=Path("runs/safety"), help="where the world and export go")
+    parser.add_argument("--quick", action="store_true", help="a tiny world, for tests")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if not args.checkpoint.is_file():
+        raise SystemExit(f"{args.checkpoint}: checkpoint file missing (train one: perception train --config "
+                         "configs/edge_cpu.yaml)")
+    report = measure(args.checkpoint, args.data, args.root, "quick" if args.quick else "full")
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "calibration.json").write_text(json.dumps(report, indent=2))
+    plot(report, args.results / "reliability.png")
+    print(table(report))
+    print(f"wrote {args.results / 'calibration.json'} and {args.results / 'reliability.png'} ({report['elapsed_s']} s)")
+
+
+if __name__ == "__main__":
+    main()
