@@ -345,6 +345,43 @@ def test_models_of_another_format_or_none_are_refused(exported, tmp_path) -> Non
     assert isinstance(ModelMetadata.from_props(meta.to_props()), ModelMetadata)
 
 
+def test_export_fits_calibration_and_novelty_that_the_runtime_applies(exported, tmp_path) -> None:
+    from perception.metrics.calibration import logit
+
+    out, data = exported["out"], exported["data"]
+    rep = exported["report"]["safety"]
+    assert rep["calibration"]["split"] == "synth_val" and rep["calibration"]["frames"] == 5
+    assert "detection ECE" in exported["output"] and "novelty index" in exported["output"]
+    meta = EdgeModel(out / "model.fp32.onnx").metadata
+    for precision in ("fp16", "int8"):  # every precision carries the FP32 model's fit
+        other = EdgeModel(out / f"model.{precision}.onnx").metadata
+        assert other.calibration == meta.calibration and other.novelty == meta.novelty
+    cal, index = meta.score_calibration(), meta.novelty_index()
+    assert cal is not None and "synth_val" in cal.fitted_on
+    assert index is not None and "synth_train" in index.fitted_on and index.centers.shape[1] == 128
+    assert set(cal.detection) >= set(meta.class_names) and set(cal.segmentation) == set(meta.seg_classes)
+    _, sample, frames, rig = _frames_and_rig(data, sample_index=7)
+    ts = sample.timestamp / 1e6
+    calibrated = EdgeModel(out / "model.fp32.onnx", threads=1).step(frames, rig, sample.global_T_ego, ts)
+    raw = EdgeModel(out / "model.fp32.onnx", threads=1, calibrate=False).step(frames, rig, sample.global_T_ego, ts)
+    # The same boxes (the threshold applies to raw scores), each score through its class's scaling, re-sorted.
+    assert len(calibrated.boxes) == len(raw.boxes) > 0
+    expected = cal.detection_scores(raw.boxes.score, raw.boxes.label, meta.class_names)
+    np.testing.assert_allclose(np.sort(calibrated.boxes.score), np.sort(expected), rtol=1e-6)
+    assert np.all(np.diff(calibrated.boxes.score) <= 0)
+    assert not np.allclose(calibrated.boxes.score, raw.boxes.score[: len(calibrated.boxes)])
+    np.testing.assert_allclose(calibrated.seg_prob, cal.segmentation_probs(logit(raw.seg_prob)[None], meta.seg_classes)[0],
+                               atol=2e-3)
+    np.testing.assert_array_equal(calibrated.heatmap, raw.heatmap)
+    assert calibrated.novelty == pytest.approx(float(index.score(calibrated.embedding)[0])) and calibrated.novelty > 0
+    # A calibration table that is not one is refused on load, naming the field.
+    proto = onnx.load(str(out / "model.fp32.onnx"))
+    bad = ModelMetadata(**{**meta.__dict__, "calibration": {**meta.calibration, "detection": {"car": [-1.0, 0.0]}}})
+    write_metadata(proto, bad, tmp_path / "bad.onnx")
+    with pytest.raises(MetadataError, match=r"bad\.onnx: metadata calibration\.detection\.car is \[-1\.0, 0\.0\]"):
+        EdgeModel(tmp_path / "bad.onnx")
+
+
 def test_export_errors_name_the_problem(exported, tmp_path) -> None:
     runner = CliRunner()
     res = runner.invoke(app, ["export", "--checkpoint", str(exported["ckpt"]), "--out", str(tmp_path / "a"),
@@ -364,6 +401,7 @@ def test_export_without_a_dataset_checks_parity_on_random_frames(exported, tmp_p
     rep = json.loads((out / "export_report.json").read_text())
     assert rep["parity"]["inputs"].startswith("5 random frames") and rep["fp32_parity_ok"]
     assert "accuracy" not in rep and list(rep["files"]) == ["fp32"]
+    assert "safety" not in rep and EdgeModel(out / "model.fp32.onnx").metadata.calibration is None
 
 
 def test_export_fails_loudly_when_fp32_parity_is_off(exported, tmp_path, monkeypatch) -> None:
