@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from perception.errors import ErrorReportingTyper
+from perception.errors import BevStackError, ErrorReportingTyper
 
 import perception
 
@@ -53,13 +53,28 @@ def eval_cmd(
     out: Path = typer.Option(None, "--out", help="Output directory (default runs/eval/<name>)."),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Scenes run side by side."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    drop_cameras: bool = typer.Option(False, "--drop-cameras", help="Also mask each camera in turn, then pairs, "
+                                      "and report IoU and mAP inside and outside their view: degradation.json."),
+    drop_pairs: str = typer.Option(None, "--drop-pairs", help="With --drop-cameras: all (default), adjacent "
+                                   "(neighbours by azimuth) or none."),
+    drop_only: str = typer.Option(None, "--drop-only", help="With --drop-cameras: mask only this set, "
+                                  "e.g. CAM_FRONT,CAM_FRONT_LEFT."),
 ) -> None:
     """Evaluate a checkpoint: nuScenes results JSON, metrics_summary.json, per-class, per-condition and
-    rare-class tables, BEV IoU, and the range-capped variant."""
-    from perception.evaluate import evaluate
+    rare-class tables, BEV IoU, and the range-capped variant; with --drop-cameras, the dead-camera report."""
+    if not drop_cameras:
+        if drop_pairs is not None or drop_only is not None:
+            raise BevStackError("--drop-pairs and --drop-only go with --drop-cameras")
+        from perception.evaluate import evaluate
 
-    report = evaluate(checkpoint, data, split, out, batch_size, device=device)
-    typer.echo(f"wrote {report.files['results']} and {report.files['metrics_summary']}")
+        report = evaluate(checkpoint, data, split, out, batch_size, device=device)
+        typer.echo(f"wrote {report.files['results']} and {report.files['metrics_summary']}")
+        return
+    from perception.degradation import evaluate_degradation
+
+    result = evaluate_degradation(checkpoint, data, split, out, batch_size, pairs=drop_pairs or "all",
+                                  only=drop_only, device=device, print_fn=typer.echo)
+    typer.echo(f"wrote {result.files['degradation']}")
 
 
 @app.command()

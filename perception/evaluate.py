@@ -72,10 +72,12 @@ def check_split(reader: NuScenesDataset, split: str | None) -> None:
 @torch.no_grad()  # entered around each step of the generator, not while the caller holds it
 def run_model(model: torch.nn.Module, dataset: MultiCamDataset, clips: list[list[int]], batch_size: int = 1,
               device: str | torch.device | None = None, reset_state: bool = False,
-              num_workers: int = 0) -> Iterator[tuple[MultiCamBatch, dict[str, torch.Tensor]]]:
+              num_workers: int = 0, *, edit_batch: Callable[[MultiCamBatch], MultiCamBatch] | None = None,
+              ) -> Iterator[tuple[MultiCamBatch, dict[str, torch.Tensor]]]:
     """Run ``model`` in eval mode without gradients over ``clips`` (dataset positions, each in time
     order) through :func:`~perception.inference.run_clips`: batch t of a group holds frame t of up to
-    ``batch_size`` clips of equal length. Yields (batch, outputs as float32), both on the CPU, in order."""
+    ``batch_size`` clips of equal length. Yields (batch, outputs as float32), both on the CPU, in order.
+    ``edit_batch``: applied to each batch before the model sees it (e.g. masking cameras)."""
     from torch.utils.data import DataLoader
 
     dev = select_device(device)
@@ -84,7 +86,8 @@ def run_model(model: torch.nn.Module, dataset: MultiCamDataset, clips: list[list
     was_training = model.training
     model.eval()
     try:
-        for batch, out in run_clips(model, loader, dev, reset_state=reset_state):
+        batches = loader if edit_batch is None else map(edit_batch, loader)
+        for batch, out in run_clips(model, batches, dev, reset_state=reset_state):
             yield batch.to("cpu"), {k: v.detach().float().cpu() for k, v in out.items()}
     finally:
         model.train(was_training)

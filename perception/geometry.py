@@ -36,6 +36,7 @@ import numpy as np
 
 __all__ = [
     "BEVGrid",
+    "bev_visibility",
     "camera_rotation_from_yaw_pitch",
     "invert_3x3",
     "invert_intrinsics",
@@ -367,3 +368,32 @@ class BEVGrid:
             & (xy[..., 1] >= self.y_min)
             & (xy[..., 1] < self.y_max)
         )
+
+
+def bev_visibility(grid: BEVGrid, K: np.ndarray, ego_T_cam: np.ndarray, image_hw: tuple[int, int],
+                   heights: tuple[float, ...] = (0.0, 1.0, 2.0), min_depth: float = 0.1) -> np.ndarray:
+    """Which BEV cells each camera sees: bool [N, X, Y].
+
+    A cell is seen by camera n when its centre, lifted to any of ``heights`` (metres, ego z), lies
+    more than ``min_depth`` m in front of the camera (camera z, as the model's view transforms test
+    it) and projects inside the H x W image (cv2 convention: pixel centres at integers, so the image
+    spans [-0.5, W - 0.5] x [-0.5, H - 0.5]).
+
+    grid: the BEV raster (ego frame); K [N, 3, 3] ``pix_T_cam`` of the H x W images; ego_T_cam
+    [N, 4, 4] camera -> ego; image_hw (H, W) in pixels of the images K belongs to.
+    """
+    K = np.asarray(K, dtype=np.float64).reshape(-1, 3, 3)
+    cam_T_ego = invert_transform(np.asarray(ego_T_cam, dtype=np.float64).reshape(-1, 4, 4))
+    H, W = image_hw
+    X, Y = grid.shape
+    xy = np.broadcast_to(grid.cell_centers()[:, :, None, :], (X, Y, len(heights), 2))
+    z = np.broadcast_to(np.asarray(heights, dtype=np.float64), (X, Y, len(heights)))
+    points_ego = np.concatenate([xy, z[..., None]], axis=-1)  # [X, Y, Z, 3]
+    seen = np.zeros((len(K), X, Y), dtype=bool)
+    for n in range(len(K)):
+        uv, depth = project(K[n], transform_points(cam_T_ego[n], points_ego))  # [X, Y, Z, 2], [X, Y, Z]
+        with np.errstate(invalid="ignore"):  # NaN pixels behind the camera compare False
+            inside = ((depth > min_depth) & (uv[..., 0] >= -0.5) & (uv[..., 0] <= W - 0.5)
+                      & (uv[..., 1] >= -0.5) & (uv[..., 1] <= H - 0.5))
+        seen[n] = inside.any(axis=-1)
+    return seen
