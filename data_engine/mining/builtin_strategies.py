@@ -17,6 +17,9 @@ All read the BEV outputs, which already fuse every camera, so each score is per 
 - ``disagreement[:T]``: label QA on labeled frames; the model's confident boxes (score >= T, 0.3)
   that the labels lack, label another class at the same place, or hold shifted by 1-4 m.
 - ``random[:SEED]``: a uniform score from the frame's token (the baseline every strategy must beat).
+- ``lens[:T]``: a trigger on the camera images rather than the BEV: the worst camera's blocked-lens score
+  from the edge runtime's lens monitor (:mod:`export.runtime.lens_monitor`), fired at >= T (default:
+  the monitor's calibrated threshold); the details name that camera and every camera flagged.
 - ``query:CLASS[@K]``: query by example; mean cosine similarity to the 3 nearest of the (first K)
   labeled frames holding CLASS, minus that to the 3 nearest labeled frames without it (plus 2).
 - ``typical[:K]``: TypiClust; k-means of the frames and the labeled frames into K clusters (default:
@@ -34,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from export.runtime.lens_monitor import LensMonitorConfig
 from perception.geometry import BEVGrid, invert_rigid, transform_points
 from perception.schema import DETECTION_CLASSES
 
@@ -241,6 +245,30 @@ class _Random(Strategy):
         return int.from_bytes(digest[:8], "big") / 2.0**64, {}
 
 
+class _Lens(Strategy):
+    trigger = True
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__("lens")
+        self.threshold = threshold
+
+    def score(self, out: FrameOutput, prev: FrameOutput | None) -> tuple[float, dict[str, Any]]:
+        if not out.camera_health:
+            raise StrategyError(f"{self.name}: frame {out.token} has no camera health (the edge runtime's lens "
+                                "monitor did not run on it)")
+        seen = {n: h for n, h in out.camera_health.items() if h.assessed}
+        if not seen:
+            return 0.0, {"camera": None, "blocked": [], "dirty": [], "fired": False}
+        camera = max(seen, key=lambda n: seen[n].blocked_score)
+        score = float(seen[camera].blocked_score)
+        blocked = sorted(n for n, h in seen.items() if h.blocked_score >= self.threshold)
+        return score, {"camera": camera, "blocked": blocked, "dirty": sorted(n for n, h in seen.items() if h.dirty),
+                       "fired": score >= self.threshold}
+
+    def fired(self, score: float, details: dict[str, Any]) -> bool:
+        return score >= self.threshold
+
+
 def _rare(arg: str | None) -> Strategy:
     if not arg:
         raise StrategyError("rare: name the class, e.g. rare:trailer, rare:trailer@0.4 or rare:trailer@fire=0.1 "
@@ -262,6 +290,7 @@ BUILTIN_STRATEGIES: dict[str, StrategyFactory] = {
     "novelty": lambda arg: _Novelty(int_arg("novelty", arg, 5)),
     "disagreement": lambda arg: _Disagreement(_float_arg("disagreement", arg, 0.3)),
     "random": lambda arg: _Random(int_arg("random", arg, 1) if arg else 0),
+    "lens": lambda arg: _Lens(_float_arg("lens", arg, LensMonitorConfig().blocked_threshold)),
     "query": query_strategy,
     "typical": typical_strategy,
 }

@@ -155,7 +155,8 @@ class SceneScorer:
                     out = FrameOutput(token=frame.sample_token, timestamp=sample.timestamp / 1e6,
                                       global_T_ego=sample.global_T_ego, boxes=res.boxes, class_names=res.class_names,
                                       heatmap=res.heatmap, seg_prob=res.seg_prob, seg_classes=res.seg_classes,
-                                      embedding=res.embedding, det_grid=self.det_grid, labels=labels)
+                                      embedding=res.embedding, det_grid=self.det_grid, labels=labels,
+                                      camera_health=res.camera_health)
                     scores = {}
                     for strategy in self.strategies:
                         if strategy.needs_labels and labels is None:

@@ -9,7 +9,7 @@ strategies, with the registry); the built-in strategies import them from here.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from perception.geometry import BEVGrid
 from perception.heatmap import heatmap_peaks
 
 if TYPE_CHECKING:
+    from export.runtime.lens_monitor import CameraHealth
     from perception.metrics.detection_boxes import EvalBoxes
 
 __all__ = ["FrameOutput", "RunContext", "RunStrategy", "Strategy", "StrategyError", "StrategyFactory",
@@ -50,6 +51,8 @@ class FrameOutput:
     embedding: np.ndarray  # float32 [E]
     det_grid: BEVGrid
     labels: EvalBoxes | None = None  # the frame's labels (labeled frames only)
+    # camera -> its lens as the runtime's monitor read the images (EdgeResult.camera_health); empty if not run
+    camera_health: dict[str, CameraHealth] = field(default_factory=dict)
 
     _peaks: np.ndarray | None = None
 

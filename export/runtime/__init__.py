@@ -1,5 +1,6 @@
-"""The edge runtime: exported models on onnxruntime, from raw frames to boxes. numpy, cv2 and
-onnxruntime only: this package never imports torch (a test runs it with torch unimportable)."""
+"""The edge runtime: exported models on onnxruntime, from raw frames to boxes, and a monitor of blocked
+or dirty lenses. numpy, cv2 and onnxruntime only: this package never imports torch (a test runs it with
+torch unimportable)."""
 
 from .edge_model import (
            Camera,
@@ -10,6 +11,14 @@ from .edge_model import (
            StreamState,
            default_providers,
 )
+from .lens_monitor import (
+           FEATURE_NAMES,
+           CameraHealth,
+           LensMonitorConfig,
+           camera_health,
+           lens_features,
+           lens_scores,
+)
 from .metadata import (
            FORMAT_VERSION,
            INPUT_NAMES,
@@ -19,6 +28,6 @@ from .metadata import (
            ModelMetadata,
 )
 
-__all__ = ["FORMAT_VERSION", "INPUT_NAMES", "OUTPUT_NAMES", "PRECISIONS", "Camera", "EdgeModel", "EdgeResult",
-           "MetadataError", "ModelMetadata", "PreparedFrame", "RuntimeInputError", "StreamState",
-           "default_providers"]
+__all__ = ["FEATURE_NAMES", "FORMAT_VERSION", "INPUT_NAMES", "OUTPUT_NAMES", "PRECISIONS", "Camera", "CameraHealth",
+           "EdgeModel", "EdgeResult", "LensMonitorConfig", "MetadataError", "ModelMetadata", "PreparedFrame",
+           "RuntimeInputError", "StreamState", "camera_health", "default_providers", "lens_features", "lens_scores"]

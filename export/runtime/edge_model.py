@@ -9,6 +9,7 @@ functions training and evaluation use.
     for frames, global_T_ego, t in drive:                                    # frames: name -> JPEG bytes
         result = model.step(frames, rig, global_T_ego, t)                    # the video state is carried
         result.boxes.center, result.class_names, result.seg_prob, result.timings_ms, result.novelty
+        result.camera_health["CAM_FRONT"].blocked                            # lens monitor (.lens_monitor)
 
 A model exported with a dataset carries a score calibration (fitted on the val split) and a novelty
 index (of the train split) in its metadata: ``boxes.score`` and ``seg_prob`` are then calibrated
@@ -27,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ from perception.boxes import BoxCodec, DecodedBoxes, sigmoid
 from perception.geometry import invert_rigid
 
 from .cameras import Camera, PreparedFrame, RuntimeInputError, prepare_cameras
+from .lens_monitor import CameraHealth, LensMonitorConfig, frame_health
 from .metadata import OUTPUT_NAMES, MetadataError, ModelMetadata
 
 __all__ = ["Camera", "EdgeModel", "EdgeResult", "PreparedFrame", "RuntimeInputError", "StreamState", "default_providers",
@@ -59,7 +61,9 @@ class EdgeResult:
     novelty: float  # distance from the training frames, ~1 at the edge of the training set; NaN: no index
     cam_valid: dict[str, bool]
     masked: dict[str, str]  # camera -> why it was masked
-    timings_ms: dict[str, float]  # "jpeg_decode", "preprocess", "inference", "decode"
+    timings_ms: dict[str, float]  # "jpeg_decode", "preprocess", "inference", "decode", "lens_monitor"
+    # camera -> its lens as the images show it (blocked or dirty; NaN scores for a masked camera)
+    camera_health: dict[str, CameraHealth] = field(default_factory=dict)
 
 
 def default_providers() -> list[str]:
@@ -116,6 +120,7 @@ class EdgeModel:
         self.max_detections = max_detections
         self.max_camera_age = max_camera_age
         self.max_gap = max_gap
+        self.lens_monitor = LensMonitorConfig()  # the thresholds of EdgeResult.camera_health
         self.reset()
 
     # -- the contract ------------------------------------------------------------------------------
@@ -261,6 +266,8 @@ class EdgeModel:
         novelty = self.novelty.score(out["embedding"]) if self.novelty is not None else np.full(B, np.nan)
         t2 = time.perf_counter()
         names = self.metadata.camera_names
+        health = [frame_health(names, p.images, p.cam_valid, self.lens_monitor) for p in prepared]
+        t3 = time.perf_counter()
         results = []
         for i, (p, st) in enumerate(zip(prepared, streams)):
             st.state, st.last_pose, st.last_time = out["state"][i:i + 1], pose_list[i], float(timestamps[i])
@@ -268,8 +275,9 @@ class EdgeModel:
                 boxes=boxes[i], class_names=self.metadata.class_names, seg_prob=seg_probs[i],
                 seg_classes=self.metadata.seg_classes, heatmap=heatmaps[i], embedding=out["embedding"][i],
                 novelty=float(novelty[i]),
-                cam_valid={n: bool(v) for n, v in zip(names, p.cam_valid)}, masked=p.masked,
-                timings_ms={**p.timings_ms, "inference": 1e3 * (t1 - t0) / B, "decode": 1e3 * (t2 - t1) / B},
+                cam_valid={n: bool(v) for n, v in zip(names, p.cam_valid)}, masked=p.masked, camera_health=health[i],
+                timings_ms={**p.timings_ms, "inference": 1e3 * (t1 - t0) / B, "decode": 1e3 * (t2 - t1) / B,
+                            "lens_monitor": 1e3 * (t3 - t2) / B},
             ))
         return results
 
