@@ -97,6 +97,8 @@ def measure(checkpoint: Path, data: Path, root: Path, size: str = "full", progre
     conds = {sc.token: set(parse_conditions(sc.description)) for sc in test.scenes}
     report: dict[str, Any] = {"frames": len(emb), "dataset": str(world), "checkpoint": str(checkpoint), "held_out": {}}
     indices = {c: fit_novelty_on(edge, train, exclude_conditions=(c,)) for c in HELD_OUT}
+    if any(v is None for v in indices.values()):
+        raise SystemExit(f"{data}: too few train frames to fit a novelty index without {'/'.join(HELD_OUT)}")
     export_index = edge.metadata.novelty_index()
     for c in HELD_OUT:
         label = np.array([c in conds[s] for s in scene_of])

@@ -193,7 +193,8 @@ def mine(
     model: Path = typer.Option(..., "--model", help="The exported model (.onnx from `perception export`)."),
     catalog: Path = typer.Option(Path("catalog.db"), "--catalog", help="The frame catalog (SQLite)."),
     strategy: str = typer.Option(..., "--strategy", help="Strategies, comma-separated: det_entropy, det_margin, "
-                                 "seg_entropy, flicker, rare:CLASS[@T], novelty, disagreement, random, or a plugin's."),
+                                 "seg_entropy, flicker, rare:CLASS[@T|@fire=R], query:CLASS[@K], typical[:K], novelty, "
+                                 "disagreement, lens[:T], random, or a plugin's."),
     budget: int = typer.Option(..., "--budget", min=1, help="Frames to select."),
     engine: str = typer.Option("local", "--engine", help="local (processes) or ray (Ray Data)."),
     workers: int = typer.Option(1, "--workers", min=0, help="Worker processes or Ray actors (0, 1: in this process)."),

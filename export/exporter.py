@@ -283,11 +283,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, pre
         t0 = time.perf_counter()
         calibration, cal_report = fit_calibration_on(edge["fp32"], preset, val_ds)
         novelty = fit_novelty_on(edge["fp32"], calib_ds, log=log)
-        meta = dataclasses.replace(meta, calibration=calibration.to_json(), novelty=novelty.to_json())
+        meta = dataclasses.replace(meta, calibration=calibration.to_json(),
+                                   novelty=novelty.to_json() if novelty is not None else None)
         write_metadata(onnx.load(str(files["fp32"])), meta, files["fp32"])
         edge["fp32"] = EdgeModel(files["fp32"], threads=threads)
-        report["safety"] = {"calibration": cal_report, "novelty": {"fitted_on": novelty.fitted_on,
-                                                                  "centers": len(novelty.centers)}}
+        report["safety"] = {"calibration": cal_report, "novelty": None if novelty is None else
+                            {"fitted_on": novelty.fitted_on, "centers": len(novelty.centers)}}
         timings["safety_s"] = time.perf_counter() - t0
         det, seg = cal_report["detection_pooled"], cal_report["segmentation_pooled"]
         log(f"score calibration on {val_ds.config.split} (in-sample): detection ECE {det['ece_raw']:.3f} -> "

@@ -26,6 +26,7 @@ from perception.schema import parse_conditions
 __all__ = ["fit_calibration_on", "fit_novelty_on", "frame_embeddings", "scene_clips"]
 
 MAX_NOVELTY_FRAMES = 2000  # train frames embedded for the novelty index (whole scenes, spread over the split)
+MIN_NOVELTY_FRAMES = 10  # fewer train frames than this give no index
 
 
 def scene_clips(dataset: MultiCamDataset, exclude_conditions: Sequence[str] = (), max_frames: int | None = None
@@ -69,11 +70,17 @@ def fit_calibration_on(edge: EdgeModel, preset: Preset, val: MultiCamDataset) ->
 
 
 def fit_novelty_on(edge: EdgeModel, train: MultiCamDataset, exclude_conditions: Sequence[str] = (),
-                   max_frames: int = MAX_NOVELTY_FRAMES, log: Callable[[str], None] | None = None) -> NoveltyIndex:
-    """The novelty index of the train split's embeddings (scenes of ``exclude_conditions`` left out)."""
+                   max_frames: int = MAX_NOVELTY_FRAMES, log: Callable[[str], None] | None = None
+                   ) -> NoveltyIndex | None:
+    """The novelty index of the train split's embeddings (scenes of ``exclude_conditions`` left out);
+    None when the split has fewer than MIN_NOVELTY_FRAMES frames to fit it on."""
     clips = scene_clips(train, exclude_conditions, max_frames)
     emb = frame_embeddings(edge, train, clips)
     left_out = f", without {'/'.join(exclude_conditions)} scenes" if exclude_conditions else ""
+    if len(emb) < MIN_NOVELTY_FRAMES:
+        if log is not None:
+            log(f"no novelty index: {len(emb)} train frames{left_out}, at least {MIN_NOVELTY_FRAMES} are needed")
+        return None
     index = NoveltyIndex.fit(emb, fitted_on=f"{train.config.split} of {train.reader.root}: {len(emb)} frames{left_out}")
     if log is not None:
         log(f"novelty index: {len(index.centers)} centres of {len(emb)} train frames{left_out}")
