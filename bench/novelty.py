@@ -2,12 +2,13 @@
 
     PYTHONPATH=. python -m bench.novelty --checkpoint runs/train/edge_cpu/best.pt --data data/synth
 
-For each held-out condition (fog, night), a novelty index is fitted (as `perception export` fits it) on
-the train split's frame embeddings without that condition's scenes, and every frame of the held-out
+For each held-out condition (fog, night), the novelty indices are fitted (as `perception export` fits
+them: the frame embedding and the appearance statistics) on the train split without that condition's
+scenes, and every frame of the held-out
 world (:mod:`bench.safety_world`) is scored: frames of the condition are the positives, frames of none
 of the held-out conditions the negatives. Reports the ROC AUC (Mann-Whitney, with a scene-bootstrap
-95 % interval), the true-positive rate at 5 % false positives, and the export's own index (every
-condition in the reference) on the same frames. Writes bench/results/novelty.json and novelty_roc.png.
+95 % interval) and the true-positive rate at 5 % false positives of the novelty (the larger part) and of
+each part alone, and the export's own index (every condition in the reference) on the same frames. Writes bench/results/novelty.json and novelty_roc.png.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def measure(checkpoint: Path, data: Path, root: Path, size: str = "full", progre
     train = MultiCamDataset(train_reader, edge.preset, DatasetConfig(split=train_split))
     test = MultiCamDataset(test_reader, edge.preset, DatasetConfig(split=test_reader.val_split))
     clips = scene_clips(test)
-    emb = frame_embeddings(edge, test, clips)
+    emb, look = frame_embeddings(edge, test, clips)
     scene_of = np.array([test_reader.samples[test.indices[i]].scene_token for clip in clips for i in clip])
     conds = {sc.token: set(parse_conditions(sc.description)) for sc in test.scenes}
     report: dict[str, Any] = {"frames": len(emb), "dataset": str(world), "checkpoint": str(checkpoint), "held_out": {}}
@@ -106,10 +107,13 @@ def measure(checkpoint: Path, data: Path, root: Path, size: str = "full", progre
         keep = label | negative
         row: dict[str, Any] = {"positives": int(label.sum()), "negatives": int(negative.sum()),
                                "reference": indices[c].fitted_on}
-        for name, index in (("left_out", indices[c]), ("export_index", export_index)):
+        variants = [("left_out", indices[c], None), ("left_out_embedding", indices[c], "embedding"),
+                    ("left_out_appearance", indices[c], "appearance"), ("export_index", export_index, None)]
+        for name, index, part in variants:
             if index is None:
                 continue
-            scores = index.score(emb)
+            both = [index.score(e, a) for e, a in zip(emb, look)]
+            scores = np.array([total if part is None else parts[part] for total, parts in both])
             pos, neg = scores[label], scores[negative & ~label]
             fpr, tpr = roc(pos, neg)
             lo, hi = scene_bootstrap_auc(scores[keep], label[keep], scene_of[keep])
@@ -126,7 +130,10 @@ def table(report: dict[str, Any]) -> str:
              "| held-out condition | positives / negatives | reference set | AUC [95 % CI] | TPR @ 5 % FPR | "
              "median novelty pos / neg |", "|---|---:|---|---:|---:|---:|"]
     for c, row in report["held_out"].items():
-        for name, label in (("left_out", f"train split without {c}"), ("export_index", "train split, all (export)")):
+        for name, label in (("left_out", f"train split without {c}"),
+                            ("left_out_embedding", f"without {c}: the embedding's part alone"),
+                            ("left_out_appearance", f"without {c}: the appearance part alone"),
+                            ("export_index", "train split, all (the export's index)")):
             r = row.get(name)
             if r is None:
                 continue
@@ -145,11 +152,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.2, 4.8))
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
     for c, row in report["held_out"].items():
-        for name, style in (("left_out", "-"), ("export_index", ":")):
+        for name, style, what in (("left_out", "-", "left out"), ("left_out_embedding", "--", "left out, embedding only"),
+                                  ("export_index", ":", "in reference")):
             r = row.get(name)
             if r is not None:
-                ax.plot(r["roc"]["fpr"], r["roc"]["tpr"], style,
-                        label=f"{c}, {'left out' if name == 'left_out' else 'in reference'} (AUC {r['auc']:.2f})")
+                ax.plot(r["roc"]["fpr"], r["roc"]["tpr"], style, label=f"{c}, {what} (AUC {r['auc']:.2f})")
     ax.set_xlabel("false positive rate (frames of the reference conditions)")
     ax.set_ylabel("true positive rate (frames of the held-out condition)")
     ax.set_title("Novelty score ROC")

@@ -39,7 +39,8 @@ def exported_model(checkpoint: Path, data: Path, root: Path, log=print) -> Path:
     out = root / "export"
     model = out / "model.fp32.onnx"
     stamp = out / "source.json"
-    source = {"checkpoint_sha256": file_sha256(checkpoint), "data": str(Path(data).resolve())}
+    source = {"checkpoint_sha256": file_sha256(checkpoint), "data": str(Path(data).resolve()),
+              "metadata": ["calibration", "novelty: embedding + appearance"]}
     if model.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == source:
         return model
     export_checkpoint(checkpoint, out, ("fp32",), calib_data=data, evaluate=False, log=log)

@@ -288,7 +288,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, pre
         write_metadata(onnx.load(str(files["fp32"])), meta, files["fp32"])
         edge["fp32"] = EdgeModel(files["fp32"], threads=threads)
         report["safety"] = {"calibration": cal_report, "novelty": None if novelty is None else
-                            {"fitted_on": novelty.fitted_on, "centers": len(novelty.centers)}}
+                            {"fitted_on": novelty.fitted_on, "centers": len(novelty.embedding.centers)}}
         timings["safety_s"] = time.perf_counter() - t0
         det, seg = cal_report["detection_pooled"], cal_report["segmentation_pooled"]
         log(f"score calibration on {val_ds.config.split} (in-sample): detection ECE {det['ece_raw']:.3f} -> "

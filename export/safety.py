@@ -2,8 +2,8 @@
 
 - the score calibration (per-class Platt scaling of detection scores and segmentation probabilities),
   fitted on the val split (:func:`perception.confidence.collect_confidence`);
-- the novelty index (k-means centres of the train split's frame embeddings,
-  :class:`perception.metrics.novelty.NoveltyIndex`).
+- the novelty indices (k-means centres of the train split's frame embeddings and of its frames'
+  appearance statistics, :class:`perception.metrics.novelty.FrameNovelty`).
 
 Both go into the model's metadata; every precision carries the FP32 model's.
 """
@@ -19,7 +19,7 @@ from export.runtime import EdgeModel
 from perception.confidence import collect_confidence
 from perception.data.dataset import MultiCamDataset
 from perception.metrics.calibration import ScoreCalibration
-from perception.metrics.novelty import NoveltyIndex
+from perception.metrics.novelty import FrameNovelty, appearance_features
 from perception.presets import Preset
 from perception.schema import parse_conditions
 
@@ -49,12 +49,18 @@ def scene_clips(dataset: MultiCamDataset, exclude_conditions: Sequence[str] = ()
     return clips
 
 
-def frame_embeddings(edge: EdgeModel, dataset: MultiCamDataset, clips: list[list[int]]) -> np.ndarray:
-    """[F, E] the exported model's frame embeddings over ``clips``, the video state carried in each."""
+def frame_embeddings(edge: EdgeModel, dataset: MultiCamDataset, clips: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """([F, E] the exported model's frame embeddings, [F, A] the frames' appearance features) over
+    ``clips``, the video state carried in each."""
     from export.dataset_runs import run_edge
 
-    rows = [out["embedding"][0] for _, out in run_edge(edge, dataset, clips)]
-    return np.stack(rows) if rows else np.zeros((0, edge.metadata.embedding_dim), np.float32)
+    emb, look = [], []
+    for batch, out in run_edge(edge, dataset, clips):
+        emb.append(out["embedding"][0])
+        look.append(appearance_features(batch.images[0].numpy(), batch.cam_valid[0].numpy()))
+    if not emb:
+        return np.zeros((0, edge.metadata.embedding_dim), np.float32), np.zeros((0, 4))
+    return np.stack(emb), np.stack(look)
 
 
 def fit_calibration_on(edge: EdgeModel, preset: Preset, val: MultiCamDataset) -> tuple[ScoreCalibration, dict[str, Any]]:
@@ -71,17 +77,18 @@ def fit_calibration_on(edge: EdgeModel, preset: Preset, val: MultiCamDataset) ->
 
 def fit_novelty_on(edge: EdgeModel, train: MultiCamDataset, exclude_conditions: Sequence[str] = (),
                    max_frames: int = MAX_NOVELTY_FRAMES, log: Callable[[str], None] | None = None
-                   ) -> NoveltyIndex | None:
+                   ) -> FrameNovelty | None:
     """The novelty index of the train split's embeddings (scenes of ``exclude_conditions`` left out);
     None when the split has fewer than MIN_NOVELTY_FRAMES frames to fit it on."""
     clips = scene_clips(train, exclude_conditions, max_frames)
-    emb = frame_embeddings(edge, train, clips)
+    emb, look = frame_embeddings(edge, train, clips)
     left_out = f", without {'/'.join(exclude_conditions)} scenes" if exclude_conditions else ""
     if len(emb) < MIN_NOVELTY_FRAMES:
         if log is not None:
             log(f"no novelty index: {len(emb)} train frames{left_out}, at least {MIN_NOVELTY_FRAMES} are needed")
         return None
-    index = NoveltyIndex.fit(emb, fitted_on=f"{train.config.split} of {train.reader.root}: {len(emb)} frames{left_out}")
+    index = FrameNovelty.fit(emb, look, fitted_on=f"{train.config.split} of {train.reader.root}: {len(emb)} frames{left_out}")
     if log is not None:
-        log(f"novelty index: {len(index.centers)} centres of {len(emb)} train frames{left_out}")
+        log(f"novelty index: {len(index.embedding.centers)} embedding and {len(index.appearance.centers)} appearance "
+            f"centres of {len(emb)} train frames{left_out}")
     return index

@@ -36,6 +36,7 @@ import onnxruntime as ort
 
 from perception.boxes import BoxCodec, DecodedBoxes, sigmoid
 from perception.geometry import invert_rigid
+from perception.metrics.novelty import appearance_features
 
 from .cameras import Camera, PreparedFrame, RuntimeInputError, prepare_cameras
 from .lens_monitor import CameraHealth, LensMonitorConfig, frame_health
@@ -263,7 +264,8 @@ class EdgeModel:
         if cal is not None:
             boxes = [self._calibrated(b) for b in boxes]
         seg_probs = sigmoid(out["seg"]) if cal is None else cal.segmentation_probs(out["seg"], self.metadata.seg_classes)
-        novelty = self.novelty.score(out["embedding"]) if self.novelty is not None else np.full(B, np.nan)
+        novelty = [self.novelty.score(out["embedding"][i], appearance_features(p.images, p.cam_valid))[0]
+                   if self.novelty is not None else np.nan for i, p in enumerate(prepared)]
         t2 = time.perf_counter()
         names = self.metadata.camera_names
         health = [frame_health(names, p.images, p.cam_valid, self.lens_monitor) for p in prepared]

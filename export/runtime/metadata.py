@@ -34,7 +34,7 @@ import numpy as np
 from perception.boxes import BoxCodec
 from perception.geometry import BEVGrid
 from perception.metrics.calibration import ScoreCalibration
-from perception.metrics.novelty import NoveltyIndex
+from perception.metrics.novelty import FrameNovelty
 from perception.presets import Preset, PresetError, is_json_of_type, preset_from_dict, preset_to_dict
 from perception.errors import BevStackError
 from perception.specs import MODEL_INPUT_NAMES, MODEL_OUTPUT_NAMES
@@ -68,7 +68,7 @@ class ModelMetadata:
     fixed_rig: dict[str, list] | None = None  # {"K": [N][3][3], "ego_T_cam": [N][4][4]} at the input size
     exporter: dict[str, Any] = field(default_factory=dict)  # opset, torch and onnx versions
     calibration: dict[str, Any] | None = None  # ScoreCalibration.to_json(), fitted on the val split; None: raw
-    novelty: dict[str, Any] | None = None  # NoveltyIndex.to_json() of the train split; None: no novelty score
+    novelty: dict[str, Any] | None = None  # FrameNovelty.to_json() of the train split; None: no novelty score
     format_version: int = FORMAT_VERSION
 
     # -- what the preset says, by name -----------------------------------------------------------
@@ -105,9 +105,9 @@ class ModelMetadata:
         """The detection and segmentation calibration the runtime applies, or None."""
         return None if self.calibration is None else ScoreCalibration.from_json(self.calibration)
 
-    def novelty_index(self) -> NoveltyIndex | None:
-        """The training set's novelty index, or None."""
-        return None if self.novelty is None else NoveltyIndex.from_json(self.novelty, self.embedding_dim)
+    def novelty_index(self) -> FrameNovelty | None:
+        """The training set's novelty indices, or None."""
+        return None if self.novelty is None else FrameNovelty.from_json(self.novelty, self.embedding_dim)
 
     def rig_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The fixed rig's (K [N, 3, 3], ego_T_cam [N, 4, 4]) at the input size."""
@@ -185,7 +185,7 @@ class ModelMetadata:
             if calibration is not None:
                 ScoreCalibration.from_json(calibration)
             if novelty is not None:
-                NoveltyIndex.from_json(novelty, body["embedding_dim"])
+                FrameNovelty.from_json(novelty, body["embedding_dim"])
         except ValueError as exc:
             raise MetadataError(f"{source}: metadata {exc}") from None
         return cls(preset=preset_to_dict(preset), precision=body["precision"],

@@ -259,7 +259,7 @@ def test_runtime_and_bench_run_without_torch(exported) -> None:
     for precision in ("fp32", "fp16", "int8"):
         r = results[precision]
         assert r["seg_shape"] == [4, 64, 64] and r["embedding"] == [128]
-        assert r["stages"] == ["decode", "inference", "jpeg_decode", "preprocess"]
+        assert r["stages"] == ["decode", "inference", "jpeg_decode", "lens_monitor", "preprocess"]
         assert r["state_changes_output"] > 1e-4, "the video state is carried from step to step"
         assert r["providers"][-1] == "CPUExecutionProvider"
         names = list(r["cam_valid"])
@@ -347,6 +347,7 @@ def test_models_of_another_format_or_none_are_refused(exported, tmp_path) -> Non
 
 def test_export_fits_calibration_and_novelty_that_the_runtime_applies(exported, tmp_path) -> None:
     from perception.metrics.calibration import logit
+    from perception.metrics.novelty import appearance_features
 
     out, data = exported["out"], exported["data"]
     rep = exported["report"]["safety"]
@@ -358,7 +359,7 @@ def test_export_fits_calibration_and_novelty_that_the_runtime_applies(exported, 
         assert other.calibration == meta.calibration and other.novelty == meta.novelty
     cal, index = meta.score_calibration(), meta.novelty_index()
     assert cal is not None and "synth_val" in cal.fitted_on
-    assert index is not None and "synth_train" in index.fitted_on and index.centers.shape[1] == 128
+    assert index is not None and "synth_train" in index.fitted_on and index.embedding.centers.shape[1] == 128
     assert set(cal.detection) >= set(meta.class_names) and set(cal.segmentation) == set(meta.seg_classes)
     _, sample, frames, rig = _frames_and_rig(data, sample_index=7)
     ts = sample.timestamp / 1e6
@@ -373,7 +374,9 @@ def test_export_fits_calibration_and_novelty_that_the_runtime_applies(exported, 
     np.testing.assert_allclose(calibrated.seg_prob, cal.segmentation_probs(logit(raw.seg_prob)[None], meta.seg_classes)[0],
                                atol=2e-3)
     np.testing.assert_array_equal(calibrated.heatmap, raw.heatmap)
-    assert calibrated.novelty == pytest.approx(float(index.score(calibrated.embedding)[0])) and calibrated.novelty > 0
+    appearance = appearance_features(EdgeModel(out / "model.fp32.onnx").prepare(frames, rig, ts).images, np.ones(6, bool))
+    expected_novelty, parts = index.score(calibrated.embedding, appearance)
+    assert calibrated.novelty == pytest.approx(expected_novelty) and calibrated.novelty == max(parts.values()) > 0
     # A calibration table that is not one is refused on load, naming the field.
     proto = onnx.load(str(out / "model.fp32.onnx"))
     bad = ModelMetadata(**{**meta.__dict__, "calibration": {**meta.calibration, "detection": {"car": [-1.0, 0.0]}}})

@@ -15,7 +15,7 @@ from perception.metrics.calibration import (
     fit_calibration,
     logit,
 )
-from perception.metrics.novelty import NoveltyIndex, kmeans, kmeans_fit
+from perception.metrics.novelty import FrameNovelty, NoveltyIndex, appearance_features, kmeans, kmeans_fit
 
 
 def _overconfident(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -125,3 +125,30 @@ def test_novelty_separates_an_unseen_cluster_and_round_trips() -> None:
         NoveltyIndex.from_json(broken, 32)
     with pytest.raises(ValueError, match="embeddings have 8 dims"):
         index.score(np.zeros((1, 8)))
+
+
+def test_appearance_features_and_frame_novelty() -> None:
+    rng = np.random.default_rng(0)
+    day = rng.integers(60, 220, (6, 3, 64, 96), dtype=np.uint8)
+    f = appearance_features(day, np.ones(6, bool))
+    assert f.shape == (4,) and np.all((f > 0) & (f < 1))
+    night = (day // 6).astype(np.uint8)
+    g = appearance_features(night, np.ones(6, bool))
+    assert g[0] < f[0] / 4 and g[1] < f[1] and g[2] < f[2]  # darker, flatter, less sharp
+    half = appearance_features(np.concatenate([day[:3], night[3:]]), np.r_[np.ones(3, bool), np.zeros(3, bool)])
+    assert np.allclose(half, appearance_features(day[:3], np.ones(3, bool)))  # masked cameras do not count
+    assert np.all(np.isnan(appearance_features(day, np.zeros(6, bool))))
+    # The appearance part flags a look the training frames never had, though the embedding is familiar.
+    emb = rng.normal(size=(200, 8))
+    look = np.column_stack([rng.normal(0.5, 0.05, 200), rng.normal(0.2, 0.02, 200), rng.normal(0.1, 0.01, 200),
+                            rng.normal(0.3, 0.03, 200)])
+    novelty = FrameNovelty.fit(emb, look, "train")
+    familiar, parts = novelty.score(emb[0], look[0])
+    assert familiar < 1.5 and familiar == max(parts.values())
+    dark, parts = novelty.score(emb[0], np.array([0.08, 0.05, 0.02, 0.05]))
+    assert parts["appearance"] > 3 and dark == parts["appearance"]
+    assert parts["embedding"] == pytest.approx(float(novelty.embedding.score(emb[0])[0]))
+    back = FrameNovelty.from_json(novelty.to_json(), 8)
+    assert back.score(emb[1], look[1])[0] == pytest.approx(novelty.score(emb[1], look[1])[0])
+    with pytest.raises(ValueError, match="novelty.appearance"):
+        FrameNovelty.from_json({**novelty.to_json(), "appearance": None}, 8)
