@@ -11,7 +11,6 @@ positive when it matches a box of its class within 2 m; segmentation: every vali
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -110,15 +109,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny world, for tests")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
+    from bench.safety_world import save_results
+
     if not args.checkpoint.is_file():
         raise SystemExit(f"{args.checkpoint}: checkpoint file missing (train one: perception train --config "
                          "configs/edge_cpu.yaml)")
     report = measure(args.checkpoint, args.data, args.root, "quick" if args.quick else "full")
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "calibration.json").write_text(json.dumps(report, indent=2))
-    plot(report, args.results / "reliability.png")
-    print(table(report))
-    print(f"wrote {args.results / 'calibration.json'} and {args.results / 'reliability.png'} ({report['elapsed_s']} s)")
+    save_results(report, args.results, "calibration", "reliability.png", plot, table)
 
 
 if __name__ == "__main__":

@@ -176,6 +176,8 @@ def main() -> None:
     parser.add_argument("--write-clear-split", action="store_true",
                         help=f"only add the split {CLEAR_SPLIT} (train scenes without {'/'.join(HELD_OUT)}) to --data")
     args = parser.parse_args()
+    from bench.safety_world import save_results
+
     if args.write_clear_split:
         keep = write_clear_split(args.data)
         print(f"{args.data}: split {CLEAR_SPLIT} = {len(keep)} scenes without {'/'.join(HELD_OUT)}")
@@ -183,11 +185,7 @@ def main() -> None:
     if not args.checkpoint.is_file():
         raise SystemExit(f"{args.checkpoint}: checkpoint file missing")
     report = measure(args.checkpoint, args.data, args.root, "quick" if args.quick else "full")
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "novelty.json").write_text(json.dumps(report, indent=2))
-    plot(report, args.results / "novelty_roc.png")
-    print(table(report))
-    print(f"wrote {args.results / 'novelty.json'} and {args.results / 'novelty_roc.png'} ({report['elapsed_s']} s)")
+    save_results(report, args.results, "novelty", "novelty_roc.png", plot, table)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ calibration fitted on the val split and the novelty index of the train split).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from perception.digest import file_sha256
 
@@ -46,3 +48,13 @@ def exported_model(checkpoint: Path, data: Path, root: Path, log=print) -> Path:
     export_checkpoint(checkpoint, out, ("fp32",), calib_data=data, evaluate=False, log=log)
     stamp.write_text(json.dumps(source))
     return model
+
+
+def save_results(report: dict[str, Any], results: Path, name: str, picture: str,
+                 plot: Callable[[dict[str, Any], Path], None], table: Callable[[dict[str, Any]], str]) -> None:
+    """Write ``results``/<name>.json and the plot ``results``/<picture>, then print the table."""
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(report, indent=2))
+    plot(report, results / picture)
+    print(table(report))
+    print(f"wrote {results / f'{name}.json'} and {results / picture} ({report['elapsed_s']} s)")

@@ -34,10 +34,9 @@ import torch
 from .boxes import BoxCodec, sigmoid
 from .data.batch import MultiCamBatch
 from .data.dataset import MultiCamDataset
-from .data.nuscenes import NuScenesDataset, load_dataset
-from .device import select_device
+from .data.nuscenes import NuScenesDataset
 from .errors import BevStackError
-from .evaluate import EvalError, check_split, default_split, eval_dataset, evaluate_outputs, run_model
+from .evaluate import EvalError, eval_dataset, evaluate_outputs, load_for_eval, run_model
 from .geometry import BEVGrid, bev_visibility
 from .metrics import BEVIoU, DetectionConfig, DetectionEvaluator, EvalBoxes, range_capped_to_grid
 from .metrics.nuscenes_io import ground_truth
@@ -381,18 +380,7 @@ def evaluate_degradation(checkpoint: str | Path, data: str | Path, split: str | 
                          print_eval: bool = True) -> DegradationReport:
     """`perception eval --drop-cameras`: load the checkpoint and the dataset (as `perception eval`),
     then :func:`degradation_model`; ``out`` defaults to runs/eval/<name>."""
-    from .checkpoint import load_model_from_checkpoint
-
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise EvalError(f"{checkpoint}: checkpoint file missing")
-    reader = load_dataset(data)
-    split = default_split(reader) if split is None else split
-    check_split(reader, split)
-    model, preset, _ = load_model_from_checkpoint(checkpoint, ema=use_ema)
-    model.to(select_device(device))
-    if out is None:
-        out = Path("runs/eval") / f"{checkpoint.resolve().parent.name}-{checkpoint.stem}-{split or 'all'}"
+    model, preset, reader, split, out = load_for_eval(checkpoint, data, split, out, device=device, use_ema=use_ema)
     return degradation_model(model, preset, reader, split, pairs=pairs, only=only, out=out, batch_size=batch_size,
                              device=device, num_workers=num_workers, meta={"checkpoint": str(checkpoint)},
                              print_fn=print_fn, print_eval=print_eval)

@@ -259,11 +259,11 @@ def format_report(report: EvalReport, full: DetectionMetrics, capped: DetectionM
     return "\n".join(lines)
 
 
-def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None,
-             batch_size: int = 1, *, device: str | None = None, num_workers: int = 0, use_ema: bool = True,
-             reset_state: bool = False, print_fn: Callable[[str], None] | None = print) -> EvalReport:
-    """`perception eval`: load the checkpoint and the dataset, evaluate ``split`` (default: the
-    dataset's val split, or every scene), write the outputs to ``out`` (default runs/eval/<name>)."""
+def load_for_eval(checkpoint: str | Path, data: str | Path, split: str | None, out: str | Path | None, *,
+                  device: str | None = None, use_ema: bool = True
+                  ) -> tuple[torch.nn.Module, Preset, NuScenesDataset, str | None, Path]:
+    """What `perception eval` and its variants start from: (model on ``device``, preset, reader, split
+    (default: the dataset's val split), out (default runs/eval/<run>-<checkpoint>-<split>))."""
     from .checkpoint import load_model_from_checkpoint
 
     checkpoint = Path(checkpoint)
@@ -273,10 +273,19 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
     split = default_split(reader) if split is None else split
     check_split(reader, split)
     model, preset, _ = load_model_from_checkpoint(checkpoint, ema=use_ema)
-    dev = select_device(device)
-    model.to(dev)
+    model.to(select_device(device))
     if out is None:
         out = Path("runs/eval") / f"{checkpoint.resolve().parent.name}-{checkpoint.stem}-{split or 'all'}"
+    return model, preset, reader, split, Path(out)
+
+
+def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None,
+             batch_size: int = 1, *, device: str | None = None, num_workers: int = 0, use_ema: bool = True,
+             reset_state: bool = False, print_fn: Callable[[str], None] | None = print) -> EvalReport:
+    """`perception eval`: load the checkpoint and the dataset, evaluate ``split`` (default: the
+    dataset's val split, or every scene), write the outputs to ``out`` (default runs/eval/<name>)."""
+    model, preset, reader, split, out = load_for_eval(checkpoint, data, split, out, device=device, use_ema=use_ema)
+    dev = select_device(device)
     meta = {"checkpoint": str(checkpoint)}
     report = evaluate_model(model, preset, reader, split, out=out, batch_size=batch_size, device=dev,
                             num_workers=num_workers, reset_state=reset_state, meta=meta, print_fn=print_fn)
