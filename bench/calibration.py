@@ -10,12 +10,10 @@ positive when it matches a box of its class within 2 m; segmentation: every vali
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path("bench/results")
 
 
 def measure(checkpoint: Path, data: Path, root: Path, size: str = "full", progress: bool = True) -> dict[str, Any]:
@@ -102,15 +100,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("runs/train/edge_cpu/best.pt"))
-    parser.add_argument("--data", type=Path, default=Path("data/synth"), help="the training world (val split: the fit)")
-    parser.add_argument("--root", type=Path, default=Path("runs/safety"), help="where the world and export go")
-    parser.add_argument("--quick", action="store_true", help="a tiny world, for tests")
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    from bench.safety_world import save_results
+    from bench.safety_world import safety_parser, save_results
 
+    parser = safety_parser(__doc__)
+    args = parser.parse_args()
     if not args.checkpoint.is_file():
         raise SystemExit(f"{args.checkpoint}: checkpoint file missing (train one: perception train --config "
                          "configs/edge_cpu.yaml)")

@@ -13,7 +13,6 @@ each part alone, and the export's own index (every condition in the reference) o
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-RESULTS = Path("bench/results")
 HELD_OUT = ("fog", "night")
 CLEAR_SPLIT = "synth_train_clear"  # the train split without the held-out conditions' scenes
 
@@ -167,17 +165,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("runs/train/edge_cpu/best.pt"))
-    parser.add_argument("--data", type=Path, default=Path("data/synth"))
-    parser.add_argument("--root", type=Path, default=Path("runs/safety"))
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    from bench.safety_world import safety_parser, save_results
+
+    parser = safety_parser(__doc__)
     parser.add_argument("--write-clear-split", action="store_true",
                         help=f"only add the split {CLEAR_SPLIT} (train scenes without {'/'.join(HELD_OUT)}) to --data")
     args = parser.parse_args()
-    from bench.safety_world import save_results
-
     if args.write_clear_split:
         keep = write_clear_split(args.data)
         print(f"{args.data}: split {CLEAR_SPLIT} = {len(keep)} scenes without {'/'.join(HELD_OUT)}")

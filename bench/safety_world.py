@@ -9,6 +9,7 @@ calibration fitted on the val split and the novelty index of the train split).
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -58,3 +59,14 @@ def save_results(report: dict[str, Any], results: Path, name: str, picture: str,
     plot(report, results / picture)
     print(table(report))
     print(f"wrote {results / f'{name}.json'} and {results / picture} ({report['elapsed_s']} s)")
+
+
+def safety_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every safety benchmark takes: --checkpoint, --data, --root, --quick, --results."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=Path("runs/train/edge_cpu/best.pt"))
+    parser.add_argument("--data", type=Path, default=Path("data/synth"), help="the training world (val split: the fit)")
+    parser.add_argument("--root", type=Path, default=Path("runs/safety"), help="where the world and export go")
+    parser.add_argument("--quick", action="store_true", help="a tiny world, for tests")
+    parser.add_argument("--results", type=Path, default=Path("bench/results"))
+    return parser

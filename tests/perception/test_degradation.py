@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
+from model_inputs import preset_with, random_tiny_checkpoint
 from typer.testing import CliRunner
 
-from perception.checkpoint import CHECKPOINT_FORMAT, preset_to_dict, save_checkpoint
 from perception.boxes import REGRESSION_CHANNELS
 from perception.cli import app
 from perception.data.dataset import DatasetConfig, MultiCamDataset
@@ -25,9 +24,7 @@ from perception.degradation import (
 )
 from perception.evaluate import evaluate_model, run_model
 from perception.geometry import BEVGrid, bev_visibility
-from perception.models.bev_model import build_model
 from perception.models.camera_geometry import sampling_grid
-from perception.presets import get_preset
 
 VAL = "synth_val"
 
@@ -36,14 +33,8 @@ VAL = "synth_val"
 def world(tmp_path_factory, synth_world):
     """The shared world, an untrained tiny model (seeded) and its checkpoint."""
     root = tmp_path_factory.mktemp("degradation")
-    preset = get_preset("tiny")
-    preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, pretrained=None))
-    torch.manual_seed(0)
-    model = build_model(preset).eval()
-    ckpt = save_checkpoint(root / "run" / "last.pt", {
-        "format": CHECKPOINT_FORMAT, "preset": preset_to_dict(preset), "model": model.state_dict(), "ema": None,
-        "step": 0, "classes": {"det": list(preset.tasks.det_classes), "seg": list(preset.tasks.seg_classes)},
-    })
+    ckpt, model = random_tiny_checkpoint(root / "run" / "last.pt", pretrained=False)
+    preset = preset_with("tiny", pretrained=None)
     dataset = MultiCamDataset(synth_world, preset)
     return {"data": synth_world, "ckpt": ckpt, "model": model, "preset": preset, "dataset": dataset,
             "frame": dataset[0]}

@@ -3,13 +3,13 @@ synthetic dataset with an untrained tiny model."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from model_inputs import preset_with, random_tiny_checkpoint
 from typer.testing import CliRunner
 
 from perception.cli import app
@@ -18,13 +18,6 @@ from perception.schema import ATTRIBUTES, DETECTION_CLASSES
 from perception.evaluate import EvalReport, evaluate_model, run_model
 from perception.schema import EVAL_CONDITIONS, RARE_CLASSES
 from perception.metrics.nuscenes_io import evaluate_split
-from perception.models.bev_model import build_model
-from perception.presets import get_preset
-from perception.checkpoint import (
-    CHECKPOINT_FORMAT,
-    preset_to_dict,
-    save_checkpoint,
-)
 
 W, H = 352, 198  # recorded camera size of the synthetic dataset
 VAL = "synth_val"
@@ -39,14 +32,8 @@ def world(tmp_path_factory, synth_world):
     """The shared synthetic world (2 scenes of 3 frames, W x H cameras) and an untrained tiny model."""
     root = tmp_path_factory.mktemp("evalpred")
     data = synth_world
-    preset = get_preset("tiny")
-    preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, pretrained=None))
-    torch.manual_seed(0)
-    model = build_model(preset).eval()
-    ckpt = save_checkpoint(root / "run" / "last.pt", {
-        "format": CHECKPOINT_FORMAT, "preset": preset_to_dict(preset), "model": model.state_dict(), "ema": None,
-        "step": 0, "classes": {"det": list(preset.tasks.det_classes), "seg": list(preset.tasks.seg_classes)},
-    })
+    ckpt, model = random_tiny_checkpoint(root / "run" / "last.pt", pretrained=False)
+    preset = preset_with("tiny", pretrained=None)
     return {"root": root, "data": data, "ckpt": ckpt, "model": model, "preset": preset}
 
 

@@ -43,18 +43,20 @@ def model_inputs(preset: Preset, batch: int = 1, seed: int = 0) -> dict[str, tor
     }
 
 
-def random_tiny_checkpoint(path, seed: int = 0):
-    """A checkpoint of the tiny preset at its random initialization (torch seed ``seed``), as training
-    writes one: for export and mining tests that need a model, not a trained one. Returns (path, model)."""
+def random_tiny_checkpoint(path, seed: int = 0, pretrained: bool = True):
+    """A checkpoint of the tiny preset at its random initialization (torch seed ``seed``; with
+    ``pretrained`` False, no ImageNet backbone either: ``preset_with("tiny", pretrained=None)``), as
+    training writes one: for tests that need a model, not a trained one. Returns (path, model)."""
     from perception.models.bev_model import build_model
     from perception.presets import preset_to_dict
     from perception.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
-    preset = get_preset("tiny")
+    preset = get_preset("tiny") if pretrained else preset_with("tiny", pretrained=None)
     torch.manual_seed(seed)
     model = build_model(preset).eval()
     ckpt = save_checkpoint(path, {
         "format": CHECKPOINT_FORMAT, "preset": preset_to_dict(preset), "model": model.state_dict(), "ema": None,
-        "step": 0, "config": {"train": {"train_split": "synth_train", "val_split": "synth_val"}},
+        "step": 0, "classes": {"det": list(preset.tasks.det_classes), "seg": list(preset.tasks.seg_classes)},
+        "config": {"train": {"train_split": "synth_train", "val_split": "synth_val"}},
     })
     return ckpt, model
