@@ -76,7 +76,7 @@ def scene_bootstrap_auc(scores: np.ndarray, label: np.ndarray, scene: np.ndarray
 
 
 def measure(checkpoint: Path, data: Path, root: Path, size: str = "full", progress: bool = True) -> dict[str, Any]:
-    from bench.safety_world import exported_model, render_test_world
+    from bench.safety_world import exported_model, render_world
     from export.runtime import EdgeModel
     from export.safety import fit_novelty_on, frame_embeddings, scene_clips
     from perception.data.dataset import DatasetConfig, MultiCamDataset
@@ -84,8 +84,8 @@ def measure(checkpoint: Path, data: Path, root: Path, size: str = "full", progre
     from perception.schema import parse_conditions
 
     started = time.perf_counter()
-    world = render_test_world(root, size, progress)
-    edge = EdgeModel(exported_model(checkpoint, data, root), threads=2)
+    world = render_world(root, "test", size, progress)
+    edge = EdgeModel(exported_model(checkpoint, data, root, size, progress), threads=2)
     train_reader, test_reader = load_dataset(data), load_dataset(world)
     train_split = next((s for s in sorted(train_reader.splits) if s.endswith("train")), None)
     train = MultiCamDataset(train_reader, edge.preset, DatasetConfig(split=train_split))

@@ -1,10 +1,12 @@
-"""The held-out world and the exported model the safety benchmarks measure on.
+"""The held-out worlds and the exported model the safety benchmarks measure on.
 
-The world is rendered like the training world (`data-engine synth --seed 0`, 800 x 450 cameras) but
-from scenes far past it (``first_scene`` 500000), with condition quotas so that every condition has
-scenes; all of it is one split, never seen by training, export's calibration or the novelty index.
-The model is the checkpoint exported to FP32 with its dataset (so its metadata carries the score
-calibration fitted on the val split and the novelty index of the train split).
+Both worlds are rendered like the training world (`data-engine synth --seed 0`, 800 x 450 cameras) but
+from scenes far past it, with condition quotas so that every condition has scenes, all of each in one
+split: the test world (``first_scene`` 500000) is never seen by training, export or the novelty index;
+the confidence world (``first_scene`` 600000, drawn the same way) is what export fits the score
+calibration on (`perception export --confidence-data`), since the calibration must come from data like
+the data the model meets. The model is the checkpoint exported to FP32 with the training world (the
+novelty index of its train split) and the confidence world.
 """
 
 from __future__ import annotations
@@ -17,36 +19,41 @@ from typing import Any
 
 from perception.digest import file_sha256
 
-SEED, FIRST_SCENE, FRAMES = 0, 500_000, 4
+SEED, FRAMES = 0, 4
+FIRST_SCENE = {"test": 500_000, "confidence": 600_000}
 QUOTAS = {"full": {"day": 20, "dusk": 6, "night": 8, "rain": 6, "fog": 8},
           "quick": {"day": 1, "night": 1, "fog": 1}}
 
 
-def render_test_world(root: Path, size: str = "full", progress: bool = True) -> Path:
-    """Render (or reuse) the held-out world under ``root``/test_world (size "full" or "quick")."""
+def render_world(root: Path, kind: str = "test", size: str = "full", progress: bool = True) -> Path:
+    """Render (or reuse) the held-out ``kind`` world ("test" or "confidence") of ``size`` ("full" or
+    "quick") under ``root``: <root>/test_world_full, ..."""
     from data_engine.sim.synth import SynthConfig, default_workers, synthesize
 
     quotas = QUOTAS[size]
-    cfg = SynthConfig(out=root / f"test_world_{size}", scenes=sum(quotas.values()), frames=FRAMES if size == "full" else 2,
-                      seed=SEED, first_scene=FIRST_SCENE, quotas=quotas, workers=default_workers(),
-                      **({"width": 400, "height": 225} if size == "quick" else {}))
+    cfg = SynthConfig(out=root / f"{kind}_world_{size}", scenes=sum(quotas.values()),
+                      frames=FRAMES if size == "full" else 2, seed=SEED, first_scene=FIRST_SCENE[kind], quotas=quotas,
+                      workers=default_workers(), **({"width": 400, "height": 225} if size == "quick" else {}))
     synthesize(cfg, progress=progress)
     return cfg.out
 
 
-def exported_model(checkpoint: Path, data: Path, root: Path, log=print) -> Path:
-    """runs/.../export/model.fp32.onnx of ``checkpoint`` exported with ``data`` (re-exported when the
-    checkpoint or the dataset changed)."""
+def exported_model(checkpoint: Path, data: Path, root: Path, size: str = "full", progress: bool = True,
+                   log: Callable[[str], None] = print) -> Path:
+    """<root>/export/model.fp32.onnx of ``checkpoint`` exported with ``data`` and the confidence world
+    (re-exported when the checkpoint or a dataset changed)."""
     from export.exporter import export_checkpoint
 
+    confidence = render_world(root, "confidence", size, progress)
     out = root / "export"
     model = out / "model.fp32.onnx"
     stamp = out / "source.json"
     source = {"checkpoint_sha256": file_sha256(checkpoint), "data": str(Path(data).resolve()),
+              "confidence_data": str(confidence.resolve()),
               "metadata": ["calibration", "novelty: embedding + appearance"]}
     if model.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == source:
         return model
-    export_checkpoint(checkpoint, out, ("fp32",), calib_data=data, evaluate=False, log=log)
+    export_checkpoint(checkpoint, out, ("fp32",), calib_data=data, evaluate=False, confidence_data=confidence, log=log)
     stamp.write_text(json.dumps(source))
     return model
 

@@ -10,8 +10,9 @@ Writes ``model.<precision>.onnx`` and ``export_report.json`` to ``out``:
   calibrated on), each with its own video state fed back: max and mean absolute difference per output
   and whether the decoded boxes are identical. FP32 beyond tolerance fails the export;
 - INT8: calibrated on frames of the train split with their video state; the per-layer sensitivity;
-- safety (given a dataset): the score calibration fitted on the val split and the novelty index of the
-  train split (:mod:`export.safety`), stored in the metadata of every precision;
+- safety (given a dataset): the score calibration fitted on the val split (or on ``confidence_data``,
+  a dataset like the one the model will meet, its val split) and the novelty index of the train split
+  (:mod:`export.safety`), stored in the metadata of every precision;
 - accuracy: every precision and the PyTorch model on the val split, with `perception eval`'s metrics.
 """
 
@@ -204,6 +205,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, pre
                       fixed_rig: bool = False, train_split: str | None = None, val_split: str | None = None,
                       evaluate: bool = True, int8_op_types: Sequence[str] = DEFAULT_INT8_OP_TYPES,
                       threads: int | None = None, safety: bool = True,
+                      confidence_data: str | Path | None = None, confidence_split: str | None = None,
                       log: Callable[[str], None] = print) -> dict[str, Any]:
     """Export a checkpoint (see the module docstring). Returns the report (also in export_report.json)."""
     started = time.perf_counter()
@@ -231,6 +233,16 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, pre
                 raise ExportError(f"{reader.root}: no split {name!r} in splits.json; it has {sorted(reader.splits)}")
         calib_ds = MultiCamDataset(reader, preset, DatasetConfig(split=train_split))
         val_ds = MultiCamDataset(reader, preset, DatasetConfig(split=val_split))
+    confidence_ds = val_ds
+    if confidence_data is not None:
+        if reader is None:
+            raise ExportError("--confidence-data needs --calib-data too (the novelty index is fitted on its train split)")
+        conf_reader = load_dataset(confidence_data)
+        confidence_split = confidence_split or default_split(conf_reader)
+        if confidence_split is not None and confidence_split not in conf_reader.splits:
+            raise ExportError(f"{conf_reader.root}: no split {confidence_split!r} in splits.json; it has "
+                              f"{sorted(conf_reader.splits)}")
+        confidence_ds = MultiCamDataset(conf_reader, preset, DatasetConfig(split=confidence_split))
 
     rig = None
     if fixed_rig:
@@ -279,9 +291,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, pre
         raise ExportError(f"{files['fp32']}: FP32 onnxruntime output differs from PyTorch beyond {FP32_TOLERANCE} "
                           f"(relative max abs diff {off}); see {out / 'export_report.json'}")
 
-    if safety and calib_ds is not None and val_ds is not None:
+    if safety and calib_ds is not None and confidence_ds is not None:
         t0 = time.perf_counter()
-        calibration, cal_report = fit_calibration_on(edge["fp32"], preset, val_ds)
+        calibration, cal_report = fit_calibration_on(edge["fp32"], preset, confidence_ds)
         novelty = fit_novelty_on(edge["fp32"], calib_ds, log=log)
         meta = dataclasses.replace(meta, calibration=calibration.to_json(),
                                    novelty=novelty.to_json() if novelty is not None else None)
@@ -291,7 +303,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, pre
                             {"fitted_on": novelty.fitted_on, "centers": len(novelty.embedding.centers)}}
         timings["safety_s"] = time.perf_counter() - t0
         det, seg = cal_report["detection_pooled"], cal_report["segmentation_pooled"]
-        log(f"score calibration on {val_ds.config.split} (in-sample): detection ECE {det['ece_raw']:.3f} -> "
+        log(f"score calibration on {confidence_ds.config.split} of {confidence_ds.reader.root} (in-sample): detection ECE {det['ece_raw']:.3f} -> "
             f"{det['ece_calibrated']:.3f}, segmentation ECE {seg['ece_raw']:.4f} -> {seg['ece_calibrated']:.4f}")
 
     if "fp16" in precisions:

@@ -112,6 +112,11 @@ def export_cmd(
     val_split: str = typer.Option(None, "--val-split", help="Accuracy split (default: the checkpoint's val split)."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the accuracy of each precision on the val split."),
     threads: int = typer.Option(None, "--threads", min=1, help="onnxruntime threads for parity and accuracy."),
+    confidence_data: Path = typer.Option(None, "--confidence-data", help="A nuScenes-format dataset like the one "
+                                         "the model will meet: the score calibration is fitted on it (default: "
+                                         "--calib-data's val split)."),
+    confidence_split: str = typer.Option(None, "--confidence-split", help="Its split (default: its val split, "
+                                         "else every scene)."),
 ) -> None:
     """Export a checkpoint to ONNX (one file per precision) with metadata, a parity report against
     PyTorch, an INT8 sensitivity report and each precision's accuracy: export_report.json."""
@@ -121,7 +126,7 @@ def export_cmd(
     precisions = [p.strip() for p in precision.split(",") if p.strip()]
     export_checkpoint(checkpoint, out, precisions, calib_data, calib_frames, static=static, fixed_rig=fixed_rig,
                       train_split=train_split, val_split=val_split, evaluate=not no_eval, threads=threads,
-                      log=typer.echo)
+                      confidence_data=confidence_data, confidence_split=confidence_split, log=typer.echo)
 
 
 @app.command("bench")

@@ -18,8 +18,10 @@ All read the BEV outputs, which already fuse every camera, so each score is per 
   that the labels lack, label another class at the same place, or hold shifted by 1-4 m.
 - ``random[:SEED]``: a uniform score from the frame's token (the baseline every strategy must beat).
 - ``lens[:T]``: a trigger on the camera images rather than the BEV: the worst camera's blocked-lens score
-  from the edge runtime's lens monitor (:mod:`export.runtime.lens_monitor`), fired at >= T (default:
-  the monitor's calibrated threshold); the details name that camera and every camera flagged.
+  from the edge runtime's lens monitor (:mod:`export.runtime.lens_monitor`, with its memory across the
+  frames of a scene), fired at >= T; without T, the score is the worst camera's alarm level (its score
+  against the threshold the monitor held it to), fired exactly when the monitor flags a camera. The
+  details name that camera and every camera flagged.
 - ``query:CLASS[@K]``: query by example; mean cosine similarity to the 3 nearest of the (first K)
   labeled frames holding CLASS, minus that to the 3 nearest labeled frames without it (plus 2).
 - ``typical[:K]``: TypiClust; k-means of the frames and the labeled frames into K clusters (default:
@@ -33,12 +35,13 @@ The strategies fitted to the labeled frames (``rare@fire``, ``query``, ``typical
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from export.runtime.lens_monitor import LensMonitorConfig
+from perception.boxes import sigmoid
 from perception.geometry import BEVGrid, invert_rigid, transform_points
+from perception.metrics.calibration import logit
 from perception.schema import DETECTION_CLASSES
 
 from .strategy_base import (
@@ -53,6 +56,9 @@ from .strategy_base import (
     int_arg,
 )
 from .targeted_strategies import calibrated_rare, query_strategy, typical_strategy
+
+if TYPE_CHECKING:
+    from export.runtime.lens_monitor import CameraHealth
 
 __all__ = ["BUILTIN_STRATEGIES"]
 
@@ -246,27 +252,38 @@ class _Random(Strategy):
 
 
 class _Lens(Strategy):
+    """The frame's most blocked-looking camera. ``lens``: its alarm level, the runtime's blocked score
+    (with the stream's memory) against the threshold the monitor held it to, ``sigmoid(logit(score) -
+    logit(threshold))``, so it fires (>= 0.5) exactly when the monitor flags a camera; ``lens:T``: its
+    blocked score, fired at >= T."""
+
     trigger = True
 
-    def __init__(self, threshold: float) -> None:
+    def __init__(self, threshold: float | None) -> None:
         super().__init__("lens")
         self.threshold = threshold
+
+    def _level(self, h: CameraHealth) -> float:
+        if self.threshold is not None:
+            return h.blocked_score
+        return float(sigmoid(logit(h.blocked_score) - logit(h.blocked_threshold)))
 
     def score(self, out: FrameOutput, prev: FrameOutput | None) -> tuple[float, dict[str, Any]]:
         if not out.camera_health:
             raise StrategyError(f"{self.name}: frame {out.token} has no camera health (the edge runtime's lens "
                                 "monitor did not run on it)")
-        seen = {n: h for n, h in out.camera_health.items() if h.assessed}
-        if not seen:
+        level = {n: self._level(h) for n, h in out.camera_health.items() if h.assessed}
+        if not level:
             return 0.0, {"camera": None, "blocked": [], "dirty": [], "fired": False}
-        camera = max(seen, key=lambda n: seen[n].blocked_score)
-        score = float(seen[camera].blocked_score)
-        blocked = sorted(n for n, h in seen.items() if h.blocked_score >= self.threshold)
-        return score, {"camera": camera, "blocked": blocked, "dirty": sorted(n for n, h in seen.items() if h.dirty),
-                       "fired": score >= self.threshold}
+        camera = max(level, key=lambda n: level[n])
+        score = float(level[camera])
+        blocked = sorted(n for n, v in level.items() if self.fired(v, {}))
+        dirty = sorted(n for n, h in out.camera_health.items() if h.assessed and h.dirty)
+        return score, {"camera": camera, "blocked_score": out.camera_health[camera].blocked_score, "blocked": blocked,
+                       "dirty": dirty, "fired": score >= (0.5 if self.threshold is None else self.threshold)}
 
     def fired(self, score: float, details: dict[str, Any]) -> bool:
-        return score >= self.threshold
+        return score >= (0.5 if self.threshold is None else self.threshold)
 
 
 def _rare(arg: str | None) -> Strategy:
@@ -290,7 +307,7 @@ BUILTIN_STRATEGIES: dict[str, StrategyFactory] = {
     "novelty": lambda arg: _Novelty(int_arg("novelty", arg, 5)),
     "disagreement": lambda arg: _Disagreement(_float_arg("disagreement", arg, 0.3)),
     "random": lambda arg: _Random(int_arg("random", arg, 1) if arg else 0),
-    "lens": lambda arg: _Lens(_float_arg("lens", arg, LensMonitorConfig().blocked_threshold)),
+    "lens": lambda arg: _Lens(_float_arg("lens", arg, 0.0) if arg else None),
     "query": query_strategy,
     "typical": typical_strategy,
 }

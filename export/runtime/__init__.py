@@ -14,6 +14,7 @@ from .edge_model import (
 from .lens_monitor import (
            FEATURE_NAMES,
            CameraHealth,
+           LensMemory,
            LensMonitorConfig,
            camera_health,
            lens_features,
@@ -29,5 +30,5 @@ from .metadata import (
 )
 
 __all__ = ["FEATURE_NAMES", "FORMAT_VERSION", "INPUT_NAMES", "OUTPUT_NAMES", "PRECISIONS", "Camera", "CameraHealth",
-           "EdgeModel", "EdgeResult", "LensMonitorConfig", "MetadataError", "ModelMetadata", "PreparedFrame",
+           "EdgeModel", "EdgeResult", "LensMemory", "LensMonitorConfig", "MetadataError", "ModelMetadata", "PreparedFrame",
            "RuntimeInputError", "StreamState", "camera_health", "default_providers", "lens_features", "lens_scores"]

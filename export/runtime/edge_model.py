@@ -39,7 +39,7 @@ from perception.geometry import invert_rigid
 from perception.metrics.novelty import appearance_features
 
 from .cameras import Camera, PreparedFrame, RuntimeInputError, prepare_cameras
-from .lens_monitor import CameraHealth, LensMonitorConfig, frame_health
+from .lens_monitor import CameraHealth, LensMemory, LensMonitorConfig, frame_health
 from .metadata import OUTPUT_NAMES, MetadataError, ModelMetadata
 
 __all__ = ["Camera", "EdgeModel", "EdgeResult", "PreparedFrame", "RuntimeInputError", "StreamState", "default_providers",
@@ -80,6 +80,7 @@ class StreamState:
     state: np.ndarray | None = None  # float32 [1, C, X, Y]
     last_pose: np.ndarray | None = None  # [4, 4] global_T_ego of the last frame
     last_time: float | None = None  # s
+    lens: LensMemory = field(default_factory=LensMemory)  # the lens monitor's evidence per camera
 
 
 class EdgeModel:
@@ -253,6 +254,8 @@ class EdgeModel:
                 states[i] = st.state
                 prev_T_curr[i] = invert_rigid(st.last_pose) @ pose
                 dt[i] = t - st.last_time
+            else:
+                st.lens = LensMemory()  # a new clip: the lens evidence starts again too
         t0 = time.perf_counter()
         out = self.infer(np.stack([p.images for p in prepared]), np.stack([p.K for p in prepared]),
                          np.stack([p.ego_T_cam for p in prepared]), np.stack([p.cam_valid for p in prepared]),
@@ -268,7 +271,8 @@ class EdgeModel:
                    if self.novelty is not None else np.nan for i, p in enumerate(prepared)]
         t2 = time.perf_counter()
         names = self.metadata.camera_names
-        health = [frame_health(names, p.images, p.cam_valid, self.lens_monitor) for p in prepared]
+        health = [frame_health(names, p.images, p.cam_valid, self.lens_monitor, st.lens, float(t))
+                  for p, st, t in zip(prepared, streams, timestamps)]
         t3 = time.perf_counter()
         results = []
         for i, (p, st) in enumerate(zip(prepared, streams)):

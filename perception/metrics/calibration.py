@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["N_BINS", "PlattScaling", "ReliabilityHistogram", "ScoreCalibration", "expected_calibration_error",
-           "fit_calibration", "logit"]
+__all__ = ["N_BINS", "PlattScaling", "ReliabilityHistogram", "ScoreCalibration", "ece_noise_floor",
+           "expected_calibration_error", "fit_calibration", "logit"]
 
 N_BINS = 15  # equal-width probability bins of the ECE and the reliability diagram
 _EPS = 1e-7
@@ -98,6 +98,18 @@ def expected_calibration_error(prob: np.ndarray, label: np.ndarray, bins: int = 
     hist = ReliabilityHistogram(bins)
     hist.update(prob, label)
     return hist.ece
+
+
+def ece_noise_floor(prob: np.ndarray, bins: int = N_BINS, draws: int = 200, seed: int = 0) -> dict[str, float]:
+    """The ECE a perfectly calibrated model would read with these probabilities and this many samples
+    (binned ECE is biased upwards on few samples): labels drawn as Bernoulli(prob), ``draws`` times.
+    Returns the mean and the 5th and 95th percentiles; NaNs with no samples."""
+    p = np.asarray(prob, np.float64).ravel()
+    if p.size == 0:
+        return {"mean": math.nan, "p5": math.nan, "p95": math.nan}
+    rng = np.random.default_rng(seed)
+    eces = np.array([expected_calibration_error(p, rng.random(p.size) < p, bins) for _ in range(draws)])
+    return {"mean": float(eces.mean()), "p5": float(np.percentile(eces, 5)), "p95": float(np.percentile(eces, 95))}
 
 
 @dataclass(frozen=True)

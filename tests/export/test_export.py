@@ -397,6 +397,25 @@ def test_export_errors_name_the_problem(exported, tmp_path) -> None:
     assert res.exit_code == 1 and "none.pt" in res.output
 
 
+def test_export_fits_the_calibration_on_the_confidence_dataset(exported, tmp_path) -> None:
+    other = tmp_path / "like_deployment"
+    synthesize(SynthConfig(out=other, scenes=2, frames=3, seed=11, width=W, height=H, first_scene=900,
+                           quotas={"night": 1, "fog": 1}), progress=False)
+    runner = CliRunner()
+    base = ["export", "--checkpoint", str(exported["ckpt"]), "--no-eval"]
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "a"), "--calib-data", str(exported["data"]),
+                              "--confidence-data", str(other)])
+    assert res.exit_code == 0, res.output
+    fitted_on = EdgeModel(tmp_path / "a" / "model.fp32.onnx").metadata.score_calibration().fitted_on
+    assert str(other) in fitted_on and "6 frames" in fitted_on  # every frame of its val split (2 scenes x 3)
+    assert "like_deployment" in res.output
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--calib-data", str(exported["data"]),
+                              "--confidence-data", str(other), "--confidence-split", "nope"])
+    assert res.exit_code == 1 and "no split 'nope'" in res.output and "like_deployment" in res.output
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "c"), "--confidence-data", str(other)])
+    assert res.exit_code == 1 and "--calib-data" in res.output
+
+
 def test_export_without_a_dataset_checks_parity_on_random_frames(exported, tmp_path) -> None:
     out = tmp_path / "nodata"
     res = CliRunner().invoke(app, ["export", "--checkpoint", str(exported["ckpt"]), "--out", str(out)])

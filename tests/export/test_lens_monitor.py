@@ -1,7 +1,8 @@
 """The lens monitor of the edge runtime (export/runtime/lens_monitor.py): on frames of the shared world, a
 camera given the world's own blocked-lens pass is flagged and the others are not; a uniformly darkened
 (night-like) frame flags no camera; a masked camera is not assessed; EdgeModel results carry the camera
-health; `data-engine mine --strategy lens` fires on the blocked frame; the benchmark runs end to end."""
+health, with a memory across the frames of a stream; `data-engine mine --strategy lens` fires on the
+blocked frame; the benchmark runs end to end."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from export.runtime import (
     Camera,
     CameraHealth,
     EdgeModel,
+    LensMemory,
     LensMonitorConfig,
     PreparedFrame,
     RuntimeInputError,
@@ -145,23 +147,68 @@ def test_edge_results_carry_camera_health(exported_model: Path, synth_world: Pat
     assert not res.camera_health[names[4]].assessed and names[4] in res.masked
     assert not any(res.camera_health[n].blocked for n in names[1:])
     assert res.timings_ms["lens_monitor"] >= 0.0
-    # The thresholds are the model's monitor config: raised above every score, nothing is flagged.
-    model.lens_monitor = LensMonitorConfig(blocked_threshold=1.01)
-    res = model.step(frames, rig, sample.global_T_ego, sample.timestamp / 1e6 + 0.5)
+    assert res.camera_health[names[0]].memory_s == 0.0  # the first frame of the stream
+    # The stream remembers: the same frames 0.5 s later are judged on 0.5 s of evidence.
+    t0 = sample.timestamp / 1e6
+    again = model.step(frames, rig, sample.global_T_ego, t0 + 0.5)
+    first = res.camera_health[names[0]]
+    assert again.camera_health[names[0]].memory_s == pytest.approx(0.5)
+    assert again.camera_health[names[0]].blocked_score == pytest.approx(first.blocked_score, rel=1e-6)
+    # After reset() or a gap longer than max_gap the evidence starts again.
+    model.reset()
+    assert model.step(frames, rig, sample.global_T_ego, t0 + 1.0).camera_health[names[0]].memory_s == 0.0
+    gap = model.step(frames, rig, sample.global_T_ego, t0 + 1.0 + model.max_gap + 0.1)
+    assert gap.camera_health[names[0]].memory_s == 0.0
+    # The thresholds are the model's monitor config: raised above the score, nothing is flagged.
+    over = first.blocked_score + 0.5 * (1.0 - first.blocked_score)
+    model.lens_monitor = LensMonitorConfig(blocked_threshold=over, blocked_settled_threshold=over)
+    res = model.step(frames, rig, sample.global_T_ego, t0 + 10.0)
     assert res.camera_health[names[0]].assessed and not res.camera_health[names[0]].blocked
 
 
-def test_mine_with_the_lens_strategy_fires_on_the_blocked_frame(exported_model: Path, synth_world: Path,
-                                                               tmp_path: Path) -> None:
+def test_the_memory_is_a_moving_average_in_time_that_skips_unassessed_frames() -> None:
+    mem, tau = LensMemory(), 1.0
+    b, d, span = mem.update(np.array([2.0, np.nan]), np.array([-1.0, np.nan]), 10.0, tau)
+    np.testing.assert_allclose(b, [2.0, np.nan])
+    np.testing.assert_allclose(span, [0.0, np.nan])
+    b, d, span = mem.update(np.array([0.0, 1.0]), np.array([1.0, 3.0]), 11.0, tau)
+    w = 1.0 - math.exp(-1.0)  # one time constant after the first frame
+    np.testing.assert_allclose(b, [2.0 - 2.0 * w, 1.0])  # the second camera starts its own average
+    np.testing.assert_allclose(d, [-1.0 + 2.0 * w, 3.0])
+    np.testing.assert_allclose(span, [1.0, 0.0])
+    b, _, span = mem.update(np.array([np.nan, 5.0]), np.array([np.nan, 5.0]), 12.0, tau)  # camera 0 masked
+    assert math.isnan(b[0]) and math.isnan(span[0]) and mem.blocked[0] == pytest.approx(2.0 - 2.0 * w)
+    b, _, span = mem.update(np.array([0.0, 1.0]), np.array([0.0, 1.0]), 13.0, tau)
+    w2 = 1.0 - math.exp(-2.0)  # two seconds since camera 0's last assessed frame
+    assert b[0] == pytest.approx((2.0 - 2.0 * w) * (1.0 - w2)) and span.tolist() == [3.0, 2.0]
+
+
+def test_the_thresholds_slide_from_a_frame_alone_to_settled() -> None:
+    cfg = LensMonitorConfig(blocked_threshold=0.9, blocked_settled_threshold=0.6, memory_s=1.5)
+    first, _ = cfg.thresholds(np.array([0.0]))
+    settled, _ = cfg.thresholds(np.array([100.0]))
+    assert first[0] == pytest.approx(math.log(9.0)) and settled[0] == pytest.approx(math.log(1.5))
+    mid, _ = cfg.thresholds(np.array([0.5, 1.0, 2.0]))
+    assert math.log(9.0) > mid[0] > mid[1] > mid[2] > math.log(1.5)
+    for bad in ({"blocked_threshold": 1.0}, {"dirty_settled_threshold": 0.0}, {"memory_s": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            LensMonitorConfig(**bad)
+
+
+def test_mine_with_the_lens_strategy_fires_on_the_blocked_frames(exported_model: Path, synth_world: Path,
+                                                                tmp_path: Path) -> None:
     from data_engine.catalog import Catalog
     from data_engine.cli import app
 
     pool = tmp_path / "pool"
     shutil.copytree(synth_world, pool, symlinks=True)  # the shared world stays as rendered
     ds = load_dataset(pool)
-    target = ds.samples[4]
-    cam = target.cameras["CAM_BACK_LEFT"]
-    cv2.imwrite(str(cam.path), blocked(cv2.imread(str(cam.path)), seed=2), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    scene = ds.samples[4].scene_token  # CAM_BACK_LEFT blocked through this scene, a new draw each frame
+    clip = [s for s in ds.samples if s.scene_token == scene]
+    assert len(clip) == 3
+    for k, sample in enumerate(clip):
+        cam = sample.cameras["CAM_BACK_LEFT"]
+        cv2.imwrite(str(cam.path), blocked(cv2.imread(str(cam.path)), seed=2 + k), [cv2.IMWRITE_JPEG_QUALITY, 92])
     db = tmp_path / "cat.db"
     with Catalog.open(db) as cat:
         cat.index_dataset(pool, unlabeled=True)
@@ -175,16 +222,23 @@ def test_mine_with_the_lens_strategy_fires_on_the_blocked_frame(exported_model: 
             "WHERE s.run_id = ? AND s.strategy = 'lens'", (rid,))}
         picks = cat.selections("lens")
     assert len(rows) == len(ds.samples)
-    score, details = rows[target.token]
-    assert details["fired"] and details["camera"] == "CAM_BACK_LEFT" and details["blocked"] == ["CAM_BACK_LEFT"]
-    assert score >= THRESHOLD
-    others = {tok: d for tok, (_, d) in rows.items() if tok != target.token}
+    for sample in clip:
+        score, details = rows[sample.token]
+        assert details["fired"] and details["camera"] == "CAM_BACK_LEFT" and details["blocked"] == ["CAM_BACK_LEFT"]
+    # The score is the alarm level: the blocked score against the threshold it was held to (>= 0.5 fires).
+    assert min(rows[s.token][0] for s in clip) >= 0.5 > max(v for tok, (v, _) in rows.items() if tok not in
+                                                            {s.token for s in clip})
+    assert rows[clip[0].token][1]["blocked_score"] >= THRESHOLD  # the clip's first frame is judged alone
+    tokens = {s.token for s in clip}
+    others = {tok: d for tok, (_, d) in rows.items() if tok not in tokens}
     assert not any(d["fired"] for d in others.values()), others
-    assert [p.frame.sample_token for p in picks] == [target.token]
+    assert len(picks) == 1 and picks[0].frame.sample_token in tokens
 
 
 @pytest.mark.slow
 def test_the_benchmark_runs_end_to_end_quick(tmp_path: Path) -> None:
+    from bench.lens_monitor import FRAMES, MEMORY_GRID
+
     results = tmp_path / "lens_monitor.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "bench.lens_monitor", "--quick", "--data", str(tmp_path / "worlds"),
@@ -195,13 +249,17 @@ def test_the_benchmark_runs_end_to_end_quick(tmp_path: Path) -> None:
     report = json.loads(results.read_text())
     test = report["test"]
     counts = test["camera_frames"]
-    assert sum(counts.values()) == 8 * 2 * 6  # 8 scenes of 2 frames, 6 cameras
-    assert counts["blocked"] >= 3 * 2 and counts["dirty"] >= 1 * 2  # the lens quotas (a day scene may add more)
+    assert sum(counts.values()) == 8 * FRAMES * 6  # 8 scenes of FRAMES frames, 6 cameras
+    assert counts["blocked"] >= 3 * FRAMES and counts["dirty"] >= 1 * FRAMES  # the lens quotas (a day scene may add more)
     recall = test["blocked_recall"]
     assert recall["n"] == counts["blocked"] and 0.0 <= recall["lo"] <= recall["share"] <= recall["hi"] <= 1.0
     assert set(test["false_alarms_by_condition"]) == {"night", "fog", "dusk", "rain", "day"}
-    # The threshold is chosen on the calibration world: at most 1 % of its clear camera-frames flagged.
+    # The thresholds are chosen on the calibration world: at most 1 % of its clear camera-frames flagged,
+    # with memory and each frame alone; the memory's time constant is one of the grid's.
     assert report["calibration"]["false_alarms"]["share"] <= 0.01
+    assert report["calibration"]["frame_alone"]["false_alarms"]["share"] <= 0.01
+    assert report["config"]["memory_s"] in MEMORY_GRID
+    assert set(test["by_seconds_into_clip"]) == {f"{0.5 * k:g}" for k in range(FRAMES)}
     assert 0.0 < report["config"]["blocked_threshold"] <= 1.0
     assert len(report["config"]["blocked_weights"]) == len(FEATURE_NAMES) + 1
     assert test["ms_per_frame"]["p50"] > 0

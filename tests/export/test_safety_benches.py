@@ -35,7 +35,10 @@ def test_calibration_bench_quick(world_and_checkpoint) -> None:
     pooled = report["detection_pooled"]
     assert 0.0 <= pooled["ece_raw"] <= 1.0 and 0.0 <= pooled["ece_calibrated"] <= 1.0
     assert sum(pooled["reliability_raw"]["count"]) == sum(r["detections"] for r in report["detection"].values()) > 0
-    assert "synth_val" in report["fitted_on"]
+    # Fitted on the confidence world (drawn like the test world), compared with the val split's fit.
+    assert "confidence_world_quick" in report["fitted_on"] and "synth_val" in report["val_fitted_on"]
+    assert 0.0 <= pooled["ece_val_fitted"] <= 1.0
+    assert "val-split fit" in table(report)
     assert "| detection | **all** |" in table(report)
     plot(report, root / "reliability.png")
     assert (root / "reliability.png").stat().st_size > 10_000

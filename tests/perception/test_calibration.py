@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from perception.metrics.calibration import (
+    ece_noise_floor,
     PlattScaling,
     ReliabilityHistogram,
     ScoreCalibration,
@@ -35,6 +36,20 @@ def test_ece_is_zero_when_frequencies_match_and_counts_the_gap() -> None:
     y2 = np.r_[np.arange(100) < 20, np.arange(100) < 50]
     assert expected_calibration_error(p, y2) == pytest.approx(0.2)
     assert math.isnan(ReliabilityHistogram().ece)
+
+
+def test_the_ece_noise_floor_shrinks_with_samples_and_flags_real_miscalibration() -> None:
+    rng = np.random.default_rng(3)
+    small, large = rng.uniform(0.0, 0.6, 150), rng.uniform(0.0, 0.6, 15000)
+    f_small, f_large = ece_noise_floor(small), ece_noise_floor(large)
+    assert 0.0 < f_small["p5"] <= f_small["mean"] <= f_small["p95"]
+    assert f_large["mean"] < 0.25 * f_small["mean"]  # ~ 1 / sqrt(n)
+    # A calibrated sample reads inside its floor; one whose frequencies are half the scores does not.
+    calibrated = expected_calibration_error(small, rng.random(small.size) < small)
+    assert calibrated <= 1.5 * f_small["p95"]
+    halved = expected_calibration_error(large, rng.random(large.size) < 0.5 * large)
+    assert halved > 5 * f_large["p95"]
+    assert math.isnan(ece_noise_floor(np.zeros(0))["mean"])
 
 
 def test_histogram_accumulates_like_one_pass_and_masks() -> None:
