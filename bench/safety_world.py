@@ -21,7 +21,7 @@ from perception.digest import file_sha256
 
 SEED, FRAMES = 0, 4
 FIRST_SCENE = {"test": 500_000, "confidence": 600_000}
-QUOTAS = {"full": {"day": 20, "dusk": 6, "night": 8, "rain": 6, "fog": 8},
+QUOTAS = {"full": {"day": 40, "dusk": 12, "night": 16, "rain": 12, "fog": 16},
           "quick": {"day": 1, "night": 1, "fog": 1}}
 
 
