@@ -42,7 +42,9 @@ from perception.preprocess import ResizeCrop
 
 __all__ = ["STAGES", "BenchFrames", "bench", "format_table", "load_frames"]
 
-STAGES: tuple[str, ...] = ("jpeg_decode", "preprocess", "inference", "decode")
+# The runtime's stages ("decode": boxes, calibration and novelty; "lens_monitor": camera health, which
+# the PyTorch row does not run).
+STAGES: tuple[str, ...] = ("jpeg_decode", "preprocess", "inference", "decode", "lens_monitor")
 
 
 @dataclass
@@ -129,8 +131,9 @@ def _measure(step: Callable[[int], dict[str, float]], n_frames: int, runs: int, 
         timings = step(i % n_frames)
         total.append(1e3 * (time.perf_counter() - t0))
         for s in STAGES:
-            per_stage[s].append(timings[s])
-    stats = {s: _percentiles(v) for s, v in per_stage.items()}
+            if s in timings:
+                per_stage[s].append(timings[s])
+    stats = {s: _percentiles(v) for s, v in per_stage.items() if v}
     stats["end_to_end"] = _percentiles(total)
     return {"stages_ms": stats, "fps": 1e3 / stats["end_to_end"]["mean"], "runs": runs, "warmup": warmup}
 
@@ -243,8 +246,8 @@ def format_table(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         cells = []
         for s in (*STAGES, "end_to_end"):
-            v = r["stages_ms"][s]
-            cells.append(f"{v['p50']:.1f}/{v['p90']:.1f}/{v['p99']:.1f}".rjust(22))
+            v = r["stages_ms"].get(s)
+            cells.append(("-" if v is None else f"{v['p50']:.1f}/{v['p90']:.1f}/{v['p99']:.1f}").rjust(22))
         lines.append(f"{r['name']:<22}" + "".join(cells) + f"{r['fps']:>7.1f}{r['peak_rss_mb']:>9.0f}")
     return "\n".join(lines)
 

@@ -278,7 +278,7 @@ def test_runtime_and_bench_run_without_torch(exported) -> None:
     assert names == ["onnxruntime fp32", "onnxruntime int8"]
     for row in bench["rows"]:
         assert not row["torch_imported"] and row["peak_rss_mb"] > 0 and row["fps"] > 0
-        for stage in ("jpeg_decode", "preprocess", "inference", "decode", "end_to_end"):
+        for stage in ("jpeg_decode", "preprocess", "inference", "decode", "lens_monitor", "end_to_end"):
             s = row["stages_ms"][stage]
             assert 0 <= s["p50"] <= s["p90"] <= s["p99"], (row["name"], stage)
 
@@ -292,6 +292,7 @@ def test_bench_times_the_pytorch_model_beside_onnx(exported, tmp_path) -> None:
     rows = json.loads(out.read_text())["rows"]
     assert [r["name"] for r in rows] == ["torch eager fp32", "onnxruntime fp32"]
     assert rows[0]["torch_imported"] and not rows[1]["torch_imported"]
+    assert "lens_monitor" not in rows[0]["stages_ms"] and "lens_monitor" in rows[1]["stages_ms"]  # runtime only
     assert "noise JPEGs" in json.loads(out.read_text())["frames"]
 
 
