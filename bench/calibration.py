@@ -28,6 +28,7 @@ def measure(checkpoint: Path, data: Path, root: Path, size: str = "full", progre
     from perception.confidence import collect_confidence
     from perception.data.dataset import DatasetConfig, MultiCamDataset
     from perception.data.nuscenes import load_dataset
+    from perception.boxes import sigmoid
     from perception.metrics.calibration import ReliabilityHistogram, ece_noise_floor
 
     started = time.perf_counter()
@@ -52,9 +53,9 @@ def measure(checkpoint: Path, data: Path, root: Path, size: str = "full", progre
     pooled = ReliabilityHistogram()
     for c, (z, tp) in samples.det.items():
         labels = np.full(len(z), names.index(c))
-        calibrated = calibration.detection_scores(1.0 / (1.0 + np.exp(-z)), labels, names)
+        calibrated = calibration.detection_scores(sigmoid(z), labels, names)
         report["detection"][c]["ece_noise_floor"] = ece_noise_floor(calibrated)
-        prob = val_fit.detection_scores(1.0 / (1.0 + np.exp(-z)), labels, names)
+        prob = val_fit.detection_scores(sigmoid(z), labels, names)
         hist = ReliabilityHistogram()
         hist.update(prob, tp)
         pooled.update(prob, tp)

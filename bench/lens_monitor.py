@@ -42,7 +42,7 @@ import numpy as np
 
 from data_engine.sim.synth import SynthConfig, default_workers, synthesize
 from export.runtime.edge_model import Camera, prepare_cameras
-from export.runtime.lens_monitor import FEATURE_NAMES, LensMemory, LensMonitorConfig, lens_features, lens_scores
+from export.runtime.lens_monitor import FEATURE_NAMES, LensMemory, LensMonitorConfig, judge, lens_features, lens_scores
 from perception.boxes import sigmoid
 from perception.metrics.calibration import logit
 
@@ -79,16 +79,15 @@ class WorldReading:
     def flags(self, cfg: LensMonitorConfig, memory: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(blocked, dirty) flags [F, N] at ``cfg`` and the seconds of evidence behind them [F, N]: with
         ``memory``, each scene run as one stream through a LensMemory, as the runtime does."""
-        blocked, dirty = (logit(p) for p in self.scores(cfg))
-        span = np.zeros_like(blocked)
-        if memory:
-            mem, scene = LensMemory(), None
-            for f in range(len(blocked)):
-                if self.scenes[f] != scene:
-                    mem, scene = LensMemory(), self.scenes[f]
-                blocked[f], dirty[f], span[f] = mem.update(blocked[f], dirty[f], float(self.times[f]), cfg.memory_s)
-        tb, td = cfg.thresholds(np.nan_to_num(span))
-        return blocked >= tb, dirty >= td, span
+        logits = [logit(p) for p in self.scores(cfg)]  # (blocked, dirty) [F, N]
+        blocked_flag, dirty_flag, span = (np.zeros(logits[0].shape, t) for t in (bool, bool, float))
+        mem, scene = None, None
+        for f in range(len(span)):
+            if memory and self.scenes[f] != scene:
+                mem, scene = LensMemory(), self.scenes[f]
+            b, d, span[f], tb, td = judge(logits[0][f], logits[1][f], cfg, mem, float(self.times[f]))
+            blocked_flag[f], dirty_flag[f] = b >= tb, d >= td
+        return blocked_flag, dirty_flag, span
 
 
 def render(root: Path, quotas: dict[str, int], progress: bool) -> dict[str, Path]:

@@ -280,7 +280,7 @@ class _Lens(Strategy):
         blocked = sorted(n for n, v in level.items() if self.fired(v, {}))
         dirty = sorted(n for n, h in out.camera_health.items() if h.assessed and h.dirty)
         return score, {"camera": camera, "blocked_score": out.camera_health[camera].blocked_score, "blocked": blocked,
-                       "dirty": dirty, "fired": score >= (0.5 if self.threshold is None else self.threshold)}
+                       "dirty": dirty, "fired": self.fired(score, {})}
 
     def fired(self, score: float, details: dict[str, Any]) -> bool:
         return score >= (0.5 if self.threshold is None else self.threshold)

@@ -56,7 +56,7 @@ from perception.metrics.calibration import logit
 
 from .cameras import RuntimeInputError
 
-__all__ = ["FEATURE_NAMES", "CameraHealth", "LensMemory", "LensMonitorConfig", "camera_health", "frame_health",
+__all__ = ["FEATURE_NAMES", "CameraHealth", "LensMemory", "LensMonitorConfig", "camera_health", "frame_health", "judge",
            "lens_features", "lens_scores"]
 
 FEATURE_NAMES: tuple[str, ...] = ("structure_loss", "centre_flatness", "brightness_shift", "soft_edges",
@@ -202,13 +202,23 @@ def camera_health(images: np.ndarray, cam_valid: np.ndarray, config: LensMonitor
     ``timestamp`` (s) is folded into it and the scores are its running averages."""
     cfg = config or LensMonitorConfig()
     blocked, dirty = (logit(p) for p in lens_scores(lens_features(images, cam_valid, cfg), cfg))
+    blocked, dirty, span, blocked_th, dirty_th = judge(blocked, dirty, cfg, memory, timestamp)
+    probs = sigmoid(np.stack([blocked, dirty, blocked_th, dirty_th]))  # [4, N]
+    return [CameraHealth(float(pb), float(pd), bool(b >= tb), bool(d >= td), float(np.nan_to_num(s)), float(ptb),
+                         float(ptd))
+            for b, d, tb, td, s, (pb, pd, ptb, ptd) in zip(blocked, dirty, blocked_th, dirty_th, span, probs.T)]
+
+
+def judge(blocked: np.ndarray, dirty: np.ndarray, config: LensMonitorConfig, memory: LensMemory | None = None,
+          timestamp: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One frame's blocked and dirty logits [N] (NaN: not assessed) -> (blocked, dirty) logits the flags
+    read (the memory's running averages, with one), the seconds of evidence behind them [N], and their
+    (blocked, dirty) logit thresholds [N]: a camera is flagged where its logit >= its threshold."""
     span = np.where(np.isfinite(blocked), 0.0, np.nan)
     if memory is not None:
-        blocked, dirty, span = memory.update(blocked, dirty, float(timestamp), cfg.memory_s)
-    blocked_th, dirty_th = cfg.thresholds(np.nan_to_num(span))
-    probs = sigmoid(np.stack([blocked, dirty, blocked_th, dirty_th]).astype(np.float64))  # [4, N]
-    return [CameraHealth(float(pb), float(pd), bool(b >= tb), bool(d >= td), float(np.nan_to_num(s)), float(ptb), float(ptd))
-            for b, d, tb, td, s, (pb, pd, ptb, ptd) in zip(blocked, dirty, blocked_th, dirty_th, span, probs.T)]
+        blocked, dirty, span = memory.update(blocked, dirty, float(timestamp), config.memory_s)
+    blocked_th, dirty_th = config.thresholds(np.nan_to_num(span))
+    return blocked, dirty, span, blocked_th, dirty_th
 
 
 def lens_scores(features: np.ndarray, config: LensMonitorConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
