@@ -7,7 +7,9 @@ the arm's newest dataset version, and is evaluated on the same val set (the seed
 or a separate ``val_data``, never part of the pool). Round 0 (the seed set) is trained once and
 shared by the arms. Each round's metrics are recorded in the arm's catalog (``loop_rounds``) and in
 ``loop_report.json`` / ``loop_report.md`` with learning curves (metric against labeled frames) in
-``learning_curves.png``. The loop resumes round by round: every step leaves a file or a catalog row,
+``learning_curves.png``. In the heads-only mode (``mode: heads``, :mod:`data_engine.loop_heads`) a trained
+``model`` stays frozen and each round retrains light heads on its cached BEV features, mining on their
+outputs: seconds per round instead of a training and an export. The loop resumes round by round: every step leaves a file or a catalog row,
 and a step whose output exists is not done again.
 
     out/
@@ -71,6 +73,12 @@ class LoopConfig:
     min_gap: float = 2.0
     device: str = "auto"
     plugins: list[str] = field(default_factory=list)  # user strategy files for the arms (`data-engine mine --plugin`)
+    # "full": every round trains train_config for `steps`, exports and mines the ONNX model; "heads": `model`
+    # stays frozen and every round retrains light heads on its cached BEV features (data_engine.loop_heads)
+    mode: str = "full"
+    model: str | None = None  # heads mode: the trained checkpoint whose features are cached
+    head_epochs: int = 40  # heads mode: passes over the labeled frames per round
+    head_min_steps: int = 100  # heads mode: at least this many optimizer steps per round
 
     def validate(self) -> None:
         """Check everything that can be checked before any work: the paths, the rounds, and what mining
@@ -95,6 +103,14 @@ class LoopConfig:
             value = getattr(self, key)
             if value is not None and Path(value).resolve() == pool:
                 raise LoopError(f"{key}: {value} is the pool; the val and seed sets must never be in the pool")
+        if self.mode not in ("full", "heads"):
+            raise LoopError(f"mode: full or heads, got {self.mode!r}")
+        if self.mode == "heads" and (self.model is None or not Path(self.model).is_file()):
+            raise LoopError(f"model: heads mode needs the trained checkpoint whose features it caches, got {self.model!r}")
+        for key in ("head_epochs", "head_min_steps"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LoopError(f"{key}: expected an integer >= 1, got {value!r}")
         if self.precision not in ("fp32", "int8"):
             raise LoopError(f"precision: fp32 or int8, got {self.precision!r}")
         self.validate_mining()
@@ -247,32 +263,44 @@ def _labeled_train_frames(data: Path) -> int:
     return sum(len(sc.sample_tokens) for sc in reader.scenes_of_split(splits[0]))
 
 
-def _mine_label_ingest(cfg: LoopConfig, arm: Arm, db: Path, model: Path, rnd: int, seed: int, out_dir: Path,
-                       log: Callable[[str], None]) -> Path:
-    """Mine the round's picks, write the queue, label them with the oracle and ingest a new version."""
-    from .labels.autolabel import label_frames
+def _arm_strategies(arm: Arm, seed: int) -> list[str]:
+    """The arm's strategy specs for ``seed`` (a bare ``random`` draws with the seed)."""
+    return [s if not s.startswith("random") or ":" in s else f"random:{seed + 1}" for s in arm.strategies]
+
+
+def _selected(db: Path, run: str) -> bool:
+    """Whether mining run ``run`` of the catalog has selected its frames (so the round's mining is done)."""
+    with Catalog.open(db) as cat:
+        try:
+            return cat.run_info(run)["status"] == "selected"
+        except CatalogError:
+            return False
+
+
+def _mine(cfg: LoopConfig, arm: Arm, db: Path, model: Path, rnd: int, seed: int, log: Callable[[str], None]) -> None:
+    """Mine the round's picks (mining run ``round<rnd>``) with the exported model."""
     from .mining.mine import MineConfig, mine
-    from .labels.queue import write_queue
     from .mining.selection import SelectionConfig
+
+    run = f"round{rnd}"
+    strategies = _arm_strategies(arm, seed)
+    log(f"mine {','.join(strategies)} budget {cfg.budget}")
+    mine(MineConfig(model=model, catalog=db, strategies=strategies, budget=cfg.budget, run=run, engine=cfg.engine,
+                    workers=cfg.workers, selection=SelectionConfig(diversity=cfg.diversity, min_gap=cfg.min_gap),
+                    plugins=[Path(x) for x in cfg.plugins], progress=False), log=lambda _: None)
+
+
+def _label_ingest(arm: Arm, db: Path, rnd: int, out_dir: Path, log: Callable[[str], None]) -> Path:
+    """Queue the round's picks, label them with the oracle and ingest a new version (each step once)."""
+    from .labels.autolabel import label_frames
+    from .labels.queue import write_queue
     from .labels.ingest import ingest
 
-    version = f"round{rnd + 1}"
+    version, run = f"round{rnd + 1}", f"round{rnd}"
     with Catalog.open(db) as cat:
         existing = cat.dataset_version(version)
     if existing is not None:
         return Path(existing["root"])
-    run = f"round{rnd}"
-    strategies = [s if not s.startswith("random") or ":" in s else f"random:{seed + 1}" for s in arm.strategies]
-    with Catalog.open(db) as cat:
-        try:
-            selected = cat.run_info(run)["status"] == "selected"
-        except CatalogError:
-            selected = False
-    if not selected:
-        log(f"mine {','.join(strategies)} budget {cfg.budget}")
-        mine(MineConfig(model=model, catalog=db, strategies=strategies, budget=cfg.budget, run=run, engine=cfg.engine,
-                        workers=cfg.workers, selection=SelectionConfig(diversity=cfg.diversity, min_gap=cfg.min_gap),
-                        plugins=[Path(x) for x in cfg.plugins], progress=False), log=lambda _: None)
     queue = out_dir / "queue"
     if not queue.is_dir():
         write_queue(db, run, queue)
@@ -302,6 +330,11 @@ def run_loop(cfg: LoopConfig, log: Callable[[str], None] = print) -> dict[str, A
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "loop.yaml").write_text(_yaml(cfg))
+    heads = None
+    if cfg.mode == "heads":
+        from .loop_heads import HeadsLoop
+
+        heads = HeadsLoop(cfg, out, log)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for seed in cfg.seeds:
@@ -309,8 +342,15 @@ def run_loop(cfg: LoopConfig, log: Callable[[str], None] = print) -> dict[str, A
         r0 = base / "round0"
         r0.mkdir(parents=True, exist_ok=True)
         log(f"[seed {seed}] round 0: the seed set")
-        ckpt0 = train_round(cfg, Path(cfg.seed_data), r0, seed, log)
-        metrics0 = evaluate_round(cfg, ckpt0, r0, log)
+
+        def train(data: Path, out_dir: Path) -> Path:  # the round's model: a checkpoint, or heads
+            return heads.train(data, out_dir, seed) if heads else train_round(cfg, data, out_dir, seed, log)
+
+        def evaluate(model: Path, out_dir: Path) -> dict[str, Any]:
+            return heads.evaluate(model, out_dir) if heads else evaluate_round(cfg, model, out_dir, log)
+
+        ckpt0 = train(Path(cfg.seed_data), r0)
+        metrics0 = evaluate(ckpt0, r0)
         frames0 = _labeled_train_frames(Path(cfg.seed_data))
         model0: Path | None = None
         for arm in cfg.arms:
@@ -324,16 +364,19 @@ def run_loop(cfg: LoopConfig, log: Callable[[str], None] = print) -> dict[str, A
                 rdir = arm_dir / f"round{rnd}"
                 rdir.mkdir(parents=True, exist_ok=True)
                 log(f"[seed {seed}] {arm.name} round {rnd + 1}/{cfg.rounds}")
-                if rnd == 0:
-                    model0 = model0 or _export(cfg, ckpt0, data, r0, log)
-                    model = model0
-                else:
-                    model = _export(cfg, ckpt, data, rdir, log)
-                data = _mine_label_ingest(cfg, arm, db, model, rnd, seed, rdir, log)
+                if _selected(db, f"round{rnd}"):
+                    pass  # mined before a restart
+                elif heads:
+                    heads.mine(_arm_strategies(arm, seed), db, ckpt, data, f"round{rnd}")
+                else:  # the round-0 model is exported once for every arm
+                    if rnd == 0:
+                        model0 = model0 or _export(cfg, ckpt0, data, r0, log)
+                    _mine(cfg, arm, db, model0 if rnd == 0 else _export(cfg, ckpt, data, rdir, log), rnd, seed, log)
+                data = _label_ingest(arm, db, rnd, rdir, log)
                 nxt = arm_dir / f"round{rnd + 1}"
                 nxt.mkdir(parents=True, exist_ok=True)
-                ckpt = train_round(cfg, data, nxt, seed, log)
-                metrics = evaluate_round(cfg, ckpt, nxt, log)
+                ckpt = train(data, nxt)
+                metrics = evaluate(ckpt, nxt)
                 frames = _labeled_train_frames(data)
                 _record(db, out.name, arm.name, seed, rnd + 1, frames, f"round{rnd + 1}", metrics)
                 rows.append({"seed": seed, "arm": arm.name, "round": rnd + 1, "labeled_frames": frames, **metrics})

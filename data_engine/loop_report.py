@@ -11,7 +11,7 @@ from perception.schema import RARE_CLASSES, RARE_CONDITIONS
 __all__ = ["HEADLINE", "format_report", "plot_curves", "summarize"]
 
 # The metrics of a round (loop.headline reads them from the evaluation report).
-HEADLINE: tuple[str, ...] = ("mAP", "NDS", "vehicle_iou", *(f"ap_{c}" for c in RARE_CLASSES),
+HEADLINE: tuple[str, ...] = ("mAP", "NDS", "vehicle_iou", *(f"ap_{c}" for c in RARE_CLASSES), "rare_ap_unclipped",
                              *(f"mAP_{c}" for c in RARE_CONDITIONS), *(f"vehicle_iou_{c}" for c in RARE_CONDITIONS))
 
 
@@ -35,8 +35,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def format_report(report: dict[str, Any]) -> str:
     c = report["config"]
-    intro = (f"{len(c['seeds'])} seed(s), {c['rounds']} rounds of {c['budget']} frames, "
-             f"{c['steps']} training steps per round.")
+    per_round = (f"light heads retrained on {c['model']}'s cached features for {c.get('head_epochs')} epochs"
+                 if c.get("mode") == "heads" else f"{c['steps']} training steps")
+    intro = f"{len(c['seeds'])} seed(s), {c['rounds']} rounds of {c['budget']} frames, {per_round} per round."
     lines = ["# Loop report", "", intro, ""]
     cols = tuple(m for m in HEADLINE if not m.startswith("vehicle_iou_"))
     lines.append("| arm | round | labeled frames | " + " | ".join(cols) + " |")
@@ -51,15 +52,16 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = HEADLINE[:8]) -> Path:
-    """Metric against labeled frames, one panel per metric (four per row), one line per arm (mean over
-    seeds, spread shaded)."""
+def plot_curves(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = HEADLINE[:9]) -> Path:
+    """Metric against labeled frames, one panel per metric the rows measure (four per row), one line per
+    arm (mean over seeds, spread shaded)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     summary = summarize(rows)
+    metrics = tuple(m for m in metrics if any(r.get(m) is not None for r in rows)) or metrics[:1]
     ncols = min(4, len(metrics))
     nrows = -(-len(metrics) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)

@@ -24,8 +24,8 @@ from .strategies import (FrameOutput, RunStrategy, StrategyError, load_plugins, 
 if TYPE_CHECKING:
     from perception.metrics.detection_boxes import EvalBoxes
 
-__all__ = ["DatasetReaders", "MineError", "SceneJob", "SceneScorer", "frame_labels", "group_scenes", "init_worker",
-           "score_in_worker"]
+__all__ = ["DatasetReaders", "MineError", "SceneJob", "SceneScorer", "box_predictions", "frame_labels", "group_scenes",
+           "init_worker", "score_in_worker"]
 
 
 class MineError(BevStackError):
@@ -174,7 +174,7 @@ class SceneScorer:
                         scores[strategy.name] = (_checked(strategy.name, frame.sample_token, value, details),
                                                  details)
                     results[i].append(FrameResult(frame.id, embedding=res.embedding.astype(np.float32),
-                                                  predictions=_predictions(res, self.max_boxes), scores=scores))
+                                                  predictions=box_predictions(res, self.max_boxes), scores=scores))
                     prev[i] = out
         return list(zip(jobs, results))
 
@@ -201,7 +201,7 @@ def _checked(strategy: str, token: str, value: Any, details: dict[str, Any]) -> 
     return score
 
 
-def _predictions(res: Any, max_boxes: int) -> list[dict[str, Any]]:
+def box_predictions(res: Any, max_boxes: int) -> list[dict[str, Any]]:
     """The catalog form of a frame's boxes (catalog.PREDICTION_KEYS), the best ``max_boxes``."""
     b = res.boxes
     return [{"class": res.class_names[int(b.label[i])], "score": round(float(b.score[i]), 4),

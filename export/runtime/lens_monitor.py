@@ -296,10 +296,21 @@ def _soft_fraction(log_grey: np.ndarray, fine: float, coarse: float, window: int
 
 
 def _others_median(x: np.ndarray) -> np.ndarray:
-    """For each row of [V, ...], the median of the other rows (the row itself when it is alone)."""
-    if len(x) < 2:
+    """For each row of [V, ...], the median of the other rows (the row itself when it is alone): from one
+    sort, the k-th smallest of the others is the sorted k-th below the row's rank, the (k + 1)-th above."""
+    V = len(x)
+    if V < 2:
         return x.copy()
-    return np.stack([np.median(np.delete(x, i, axis=0), axis=0) for i in range(len(x))])
+    order = np.argsort(x, axis=0, kind="stable")
+    ranked = np.take_along_axis(x, order, axis=0)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(V).reshape((V,) + (1,) * (x.ndim - 1)), x.shape), axis=0)
+
+    def kth(k: int) -> np.ndarray:
+        return np.where(k < rank, ranked[k], ranked[k + 1])
+
+    m = V - 1
+    return kth(m // 2) if m % 2 else 0.5 * (kth(m // 2 - 1) + kth(m // 2))
 
 
 def _logistic(features: np.ndarray, weights: Sequence[float]) -> np.ndarray:

@@ -128,17 +128,18 @@ def match_predictions(
     sorted_samples = gt_sample[by_sample]
     lo = np.searchsorted(sorted_samples, pred_sample, side="left")
     hi = np.searchsorted(sorted_samples, pred_sample, side="right")
-    # Candidates and their distances, per prediction, computed once for every threshold.
+    # Candidates and their distances, per prediction, computed once for every threshold; a prediction
+    # whose nearest candidate is at or beyond a threshold can match nothing there and is skipped.
     candidates = [by_sample[lo[i]:hi[i]] for i in range(P)]
-    distances = [np.linalg.norm(gt_xy[c] - pred_xy[i], axis=1) for i, c in enumerate(candidates)]
+    distances = [np.linalg.norm(gt_xy[c] - pred_xy[i], axis=1) if len(c) else np.zeros(0) for i, c in enumerate(candidates)]
+    nearest = np.array([d.min() if len(d) else np.inf for d in distances])[order] if P else np.zeros(0)
     matched_by_th: dict[float, np.ndarray] = {}
     for th in dist_ths:
         taken = np.zeros(len(gt_sample), dtype=bool)
         matched = np.full(P, -1, dtype=np.int64)
-        for k, i in enumerate(order):
+        for k in np.flatnonzero(nearest < th):
+            i = order[k]
             cand = candidates[i]
-            if len(cand) == 0:
-                continue
             dist = np.where(taken[cand], np.inf, distances[i])
             j = int(np.argmin(dist))  # the first of equal distances
             if dist[j] < th:

@@ -34,7 +34,8 @@ from ..specs import LossConfig
 from .feature_cache import FeatureCache
 from .losses import focal_heatmap_loss, regression_l1_loss
 
-__all__ = ["HeadEvaluator", "HeadLearnerConfig", "HeadScores", "LightHeads", "init_heads", "predict_heads", "train_heads"]
+__all__ = ["HeadEvaluator", "HeadLearnerConfig", "HeadScores", "LightHeads", "init_heads", "predict_heads", "train_heads",
+           "train_heads_on"]
 
 RECALL_SCORE = 0.3  # the fixed score at which rare-class recall is read
 
@@ -92,15 +93,30 @@ def init_heads(cache: FeatureCache, cfg: HeadLearnerConfig = HeadLearnerConfig()
 
 def train_heads(cache: FeatureCache, positions: Sequence[int], cfg: HeadLearnerConfig = HeadLearnerConfig()) -> LightHeads:
     """Heads trained on the cached frames at ``positions`` (the labeled set), from ``cfg.init_seed``'s init."""
-    if len(positions) == 0:
+    return train_heads_on([(cache, positions)], cfg)
+
+
+def train_heads_on(parts: Sequence[tuple[FeatureCache, Sequence[int]]],
+                   cfg: HeadLearnerConfig = HeadLearnerConfig()) -> LightHeads:
+    """Heads trained on the frames at ``positions`` of each ``(cache, positions)`` pair (caches of one
+    model, e.g. a seed set and a pool), from ``cfg.init_seed``'s init."""
+    parts = [(c, np.sort(np.asarray(p, dtype=np.int64))) for c, p in parts]
+    if not parts or sum(len(p) for _, p in parts) == 0:
         raise ValueError("train_heads needs at least one labeled frame")
+    shapes = {(c.features.shape[1:], c.heatmap.shape[1:]) for c, _ in parts}
+    if len(shapes) != 1:
+        raise ValueError(f"train_heads: the caches {[str(c.root) for c, _ in parts]} hold features of different shapes")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    idx = np.sort(np.asarray(positions, dtype=np.int64))
-    feats = torch.from_numpy(np.asarray(cache.features[idx], dtype=np.float32))
-    heat = torch.from_numpy(np.asarray(cache.heatmap[idx], dtype=np.float32))
-    boxes = {k: torch.from_numpy(v[idx]) for k, v in cache.boxes.items()}
-    heads = init_heads(cache, cfg).train()
+    parts = [(c, p) for c, p in parts if len(p)]
+    # channels-last: CPU convolutions (the depthwise one and the 1x1 weight gradients above all) run
+    # several times faster on it than on NCHW
+    feats = torch.from_numpy(np.concatenate([np.asarray(c.features[p], dtype=np.float32) for c, p in parts])).contiguous(
+        memory_format=torch.channels_last)
+    heat = torch.from_numpy(np.concatenate([np.asarray(c.heatmap[p], dtype=np.float32) for c, p in parts]))
+    boxes = {k: torch.from_numpy(np.concatenate([c.boxes[k][p] for c, p in parts])) for k in parts[0][0].boxes}
+    cache, idx = parts[0][0], np.arange(len(feats))
+    heads = init_heads(cache, cfg).to(memory_format=torch.channels_last).train()
     loss_cfg = LossConfig()
     channel_weights = torch.tensor(loss_cfg.regression_channel_weights)
     steps = cfg.steps(len(idx))
@@ -137,9 +153,9 @@ def predict_heads(heads: LightHeads, cache: FeatureCache, positions: Sequence[in
     parts: dict[str, list[np.ndarray]] = {"heatmap": [], "regression": []}
     for i in range(0, len(idx), chunk):
         f = torch.from_numpy(np.asarray(cache.features[idx[i:i + chunk]], dtype=np.float32))
-        out = heads(f)
+        out = heads(f.contiguous(memory_format=torch.channels_last))
         for k in parts:
-            parts[k].append(out[k].numpy())
+            parts[k].append(out[k].contiguous().numpy())
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in parts.items()}
 
 
@@ -152,6 +168,7 @@ class HeadScores:
     heatmap_ap: dict[str, float]  # class -> cell-level average precision of the heatmap (NaN: no object)
     recall: dict[str, float]  # class -> recall at 2 m of the boxes scoring >= RECALL_SCORE (NaN: no object)
     mAP: float  # the official mAP over all classes
+    NDS: float  # the official nuScenes detection score
     num_gt: dict[str, int] = field(default_factory=dict)
 
     def rare(self, metric: str) -> float:
@@ -162,7 +179,7 @@ class HeadScores:
         return float(np.mean(values)) if values else math.nan
 
     def to_dict(self) -> dict[str, object]:
-        return {"mAP": self.mAP, "ap": self.ap, "ap_unclipped": self.ap_unclipped, "heatmap_ap": self.heatmap_ap,
+        return {"mAP": self.mAP, "NDS": self.NDS, "ap": self.ap, "ap_unclipped": self.ap_unclipped, "heatmap_ap": self.heatmap_ap,
                 "recall": self.recall, "num_gt": self.num_gt}
 
 
@@ -196,5 +213,5 @@ class HeadEvaluator:
         return HeadScores(ap=official.mean_dist_aps, ap_unclipped=loose,
                           heatmap_ap={c: float(v) for c, v in hap.compute().items()},
                           recall={c: official.recall_at(c, RECALL_SCORE) for c in names},
-                          mAP=official.mean_ap, num_gt=dict(official.num_gt))
+                          mAP=official.mean_ap, NDS=official.nd_score, num_gt=dict(official.num_gt))
 

@@ -129,15 +129,17 @@ def test_the_demo_runs_end_to_end(tmp_path) -> None:
     assert (out / "loop" / "seed0" / "mined" / "round0" / "queue" / "index.html").is_file()
 
 
-def test_the_shipped_loop_config_parses() -> None:
+@pytest.mark.parametrize("name", ["tiny.yaml", "heads.yaml"])
+def test_the_shipped_loop_configs_parse(name: str) -> None:
     from pathlib import Path
 
     from data_engine.loop import load_loop_config
     from data_engine.mining.strategies import make_strategy
 
     root = Path(__file__).resolve().parents[2]
-    cfg = load_loop_config(root / "configs" / "loops" / "tiny.yaml", check_paths=False)
+    cfg = load_loop_config(root / "configs" / "loops" / name, check_paths=False)
     assert (root / cfg.train_config).is_file() and cfg.val_data and cfg.val_data != cfg.pool
+    assert cfg.mode == ("heads" if name == "heads.yaml" else "full")
     assert [a.name for a in cfg.arms][-1] == "random" and len(cfg.arms) <= 4
     for arm in cfg.arms:
         for spec in arm.strategies:

@@ -263,3 +263,15 @@ def test_the_benchmark_runs_end_to_end_quick(tmp_path: Path) -> None:
     assert 0.0 < report["config"]["blocked_threshold"] <= 1.0
     assert len(report["config"]["blocked_weights"]) == len(FEATURE_NAMES) + 1
     assert test["ms_per_frame"]["p50"] > 0
+
+
+def test_the_median_of_the_other_cameras_is_numpys() -> None:
+    from export.runtime.lens_monitor import _others_median
+
+    rng = np.random.default_rng(0)
+    for V in range(1, 8):
+        for shape in [(V,), (V, 48), (V, 4, 3)]:
+            x = rng.normal(size=shape)
+            x[rng.random(shape) < 0.3] = 0.5  # ties
+            want = x.copy() if V < 2 else np.stack([np.median(np.delete(x, i, axis=0), axis=0) for i in range(V)])
+            np.testing.assert_allclose(_others_median(x), want, rtol=0, atol=1e-12)
