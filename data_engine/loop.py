@@ -9,7 +9,7 @@ shared by the arms. Each round's metrics are recorded in the arm's catalog (``lo
 ``loop_report.json`` / ``loop_report.md`` with learning curves (metric against labeled frames) in
 ``learning_curves.png``. In the heads-only mode (``mode: heads``, :mod:`data_engine.loop_heads`) a trained
 ``model`` stays frozen and each round retrains light heads on its cached BEV features, mining on their
-outputs: seconds per round instead of a training and an export. The loop resumes round by round: every step leaves a file or a catalog row,
+outputs, instead of a training and an export per round. The loop resumes round by round: every step leaves a file or a catalog row,
 and a step whose output exists is not done again.
 
     out/

@@ -4,8 +4,9 @@ light detection heads on them (:mod:`perception.training.head_learner`, the acti
 benchmark's learner), from the same initialisation, for epochs over the labeled frames. Mining runs
 the arm's strategies on the heads' outputs over the cached pool (:mod:`data_engine.mining.cached`)
 and records the picks in the arm's catalog as a mining run (engine ``heads``); the queue, the
-oracle's labels and the ingest are the full mode's. A round costs seconds instead of a training and
-an export, so many seeds and rounds fit where one full round did.
+oracle's labels and the ingest are the full mode's. A round costs about a minute on 2 CPU cores (800
+pool frames scored and recorded, the queue, the ingest, the heads' training) instead of a training
+and an export.
 
 The heads learn from each labeled frame's detection targets as its cache holds them: the pool's own
 annotations, which are what the loop's labeler (the world's oracle) writes. Metrics are the official
