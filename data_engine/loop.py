@@ -257,10 +257,9 @@ def _labeled_train_frames(data: Path) -> int:
     from perception.data.nuscenes import load_dataset
 
     reader = load_dataset(data)
-    splits = [s for s in reader.splits if not s.endswith("val")]
-    if not splits:
+    if reader.train_split is None:
         return len(reader.samples)
-    return sum(len(sc.sample_tokens) for sc in reader.scenes_of_split(splits[0]))
+    return sum(len(sc.sample_tokens) for sc in reader.scenes_of_split(reader.train_split))
 
 
 def _arm_strategies(arm: Arm, seed: int) -> list[str]:
@@ -364,14 +363,14 @@ def run_loop(cfg: LoopConfig, log: Callable[[str], None] = print) -> dict[str, A
                 rdir = arm_dir / f"round{rnd}"
                 rdir.mkdir(parents=True, exist_ok=True)
                 log(f"[seed {seed}] {arm.name} round {rnd + 1}/{cfg.rounds}")
-                if _selected(db, f"round{rnd}"):
-                    pass  # mined before a restart
-                elif heads:
-                    heads.mine(_arm_strategies(arm, seed), db, ckpt, data, f"round{rnd}")
-                else:  # the round-0 model is exported once for every arm
-                    if rnd == 0:
-                        model0 = model0 or _export(cfg, ckpt0, data, r0, log)
-                    _mine(cfg, arm, db, model0 if rnd == 0 else _export(cfg, ckpt, data, rdir, log), rnd, seed, log)
+                if not _selected(db, f"round{rnd}"):  # else mined before a restart
+                    if heads:
+                        heads.mine(_arm_strategies(arm, seed), db, ckpt, data, f"round{rnd}")
+                    else:  # the round-0 model is exported once for every arm
+                        if rnd == 0:
+                            model0 = model0 or _export(cfg, ckpt0, data, r0, log)
+                        model = model0 if rnd == 0 else _export(cfg, ckpt, data, rdir, log)
+                        _mine(cfg, arm, db, model, rnd, seed, log)
                 data = _label_ingest(arm, db, rnd, rdir, log)
                 nxt = arm_dir / f"round{rnd + 1}"
                 nxt.mkdir(parents=True, exist_ok=True)

@@ -82,8 +82,7 @@ class HeadsLoop:
             val_cache, val_split = self.seed_cache, cfg.val_split or seed_reader.val_split
         else:
             val_cache, val_split = build_feature_cache(self.model, cfg.val_data, feats / "val"), cfg.val_split
-        train_splits = [s for s in seed_reader.splits if not s.endswith("val")]
-        self.seed_positions = _split_positions(self.seed_cache, train_splits[0] if train_splits else None)
+        self.seed_positions = _split_positions(self.seed_cache, seed_reader.train_split)
         if cfg.val_data is None and val_split is None:
             raise HeadsLoopError(f"seed_data: {cfg.seed_data} has no val split; name val_data")
         self.evaluator = HeadEvaluator(val_cache, _split_positions(val_cache, val_split))

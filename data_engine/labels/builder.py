@@ -172,8 +172,7 @@ class VersionBuilder:
             return train[0]
         if self.splits or self._base_scenes:
             return None  # a dataset without splits (every scene trains), or only val splits: left as it is
-        own = sorted(s for s in src.reader.splits if not s.endswith("val"))
-        name = own[0] if own else "labeled_train"
+        name = src.reader.train_split or "labeled_train"
         self.splits[name] = []
         return name
 

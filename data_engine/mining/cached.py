@@ -48,9 +48,9 @@ class CachedFrames:
         """Frames of ``(cache, positions)`` pairs (positions None: every frame of the cache)."""
         if not parts:
             raise ValueError("CachedFrames needs at least one cache")
-        sha = {p[0].preset.name for p in parts}
-        if len(sha) != 1:
-            raise ValueError(f"CachedFrames: the caches are of different presets {sorted(sha)}")
+        presets = {p[0].preset.name for p in parts}
+        if len(presets) != 1:
+            raise ValueError(f"CachedFrames: the caches are of different presets {sorted(presets)}")
         fixed: list[tuple[FeatureCache, np.ndarray]] = []
         time_s: list[float] = []
         poses: list[np.ndarray] = []

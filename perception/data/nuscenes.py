@@ -120,6 +120,12 @@ class NuScenesDataset:
         return [by_name[n] for n in self.splits[name]]
 
     @property
+    def train_split(self) -> str | None:
+        """The training split of splits.json (the first name, sorted, not ending in "val"), else None."""
+        trains = sorted(s for s in self.splits if not s.endswith("val"))
+        return trains[0] if trains else None
+
+    @property
     def val_split(self) -> str | None:
         """The validation split of splits.json (the first name ending in "val"), else None (every scene)."""
         vals = sorted(s for s in self.splits if s.endswith("val"))

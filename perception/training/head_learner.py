@@ -115,19 +115,19 @@ def train_heads_on(parts: Sequence[tuple[FeatureCache, Sequence[int]]],
         memory_format=torch.channels_last)
     heat = torch.from_numpy(np.concatenate([np.asarray(c.heatmap[p], dtype=np.float32) for c, p in parts]))
     boxes = {k: torch.from_numpy(np.concatenate([c.boxes[k][p] for c, p in parts])) for k in parts[0][0].boxes}
-    cache, idx = parts[0][0], np.arange(len(feats))
-    heads = init_heads(cache, cfg).to(memory_format=torch.channels_last).train()
+    n = len(feats)
+    heads = init_heads(parts[0][0], cfg).to(memory_format=torch.channels_last).train()
     loss_cfg = LossConfig()
     channel_weights = torch.tensor(loss_cfg.regression_channel_weights)
-    steps = cfg.steps(len(idx))
+    steps = cfg.steps(n)
     opt = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     rng = np.random.default_rng(cfg.seed)
     order = np.zeros(0, dtype=np.int64)
     for _ in range(steps):
-        if len(order) < min(cfg.batch_size, len(idx)):
-            order = np.concatenate([order, rng.permutation(len(idx))])
+        if len(order) < min(cfg.batch_size, n):
+            order = np.concatenate([order, rng.permutation(n)])
         b, order = order[:cfg.batch_size], order[cfg.batch_size:]
         bt = torch.from_numpy(b)
         out = heads(feats[bt])
