@@ -7,6 +7,8 @@ per-channel int8 weights, uint8 activations calibrated (min/max) on real frames,
 operator types in ``op_types`` quantized (convolutions by default): the geometry (projections,
 masks, ray encodings), attention and normalization stay in float, where int8 breaks such models;
 the ReLU and ReLU6 right after a quantized convolution are quantized with it (fused by onnxruntime).
+Where the input normalization is a whole-pixel mean and one std for every channel (EfficientNet-Lite's
+``(x - 127) / 128``), the uint8 pixels are the first convolution's quantized input as they are.
 """
 
 from __future__ import annotations
@@ -94,7 +96,67 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, metadata: ModelMe
                         calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         proto = onnx.load(str(q))
+    _pixels_as_quantized_input(proto.graph)
     return write_metadata(proto, replace(metadata, precision="int8"), out_path)
+
+
+def _pixels_as_quantized_input(graph: onnx.GraphProto) -> int:
+    """Feed the uint8 camera pixels straight to the first quantized convolution.
+
+    The model normalizes its uint8 input in float, ``(float(x) - mean) / std``, and INT8 then quantizes
+    the result again. Where mean and std are the same for every channel and the mean is a whole pixel
+    value (EfficientNet-Lite's ``(x - 127) / 128``), the pixels already are that tensor in int8 form:
+    scale ``1 / std``, zero point ``mean``, exactly, and padding with the zero point pads with 0 after
+    normalization as the float model does. The Cast, Sub, Div and QuantizeLinear are removed and the
+    DequantizeLinear reads the pixels. Returns how many such chains were rewritten (0 leaves the graph
+    as it was)."""
+    init = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info)}
+
+    def constant(name: str) -> np.ndarray | None:
+        return onnx.numpy_helper.to_array(init[name]) if name in init else None
+
+    def only(name: str, op_type: str) -> onnx.NodeProto | None:
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op_type else None
+
+    rewritten, dead = 0, []
+    for cast in [n for n in graph.node if n.op_type == "Cast"]:
+        pixels = root = cast.input[0]
+        while root in producer and producer[root].op_type == "Reshape":  # [B, N, 3, H, W] -> [B*N, 3, H, W]
+            root = producer[root].input[0]
+        to_float = next((a.i for a in cast.attribute if a.name == "to"), None) == onnx.TensorProto.FLOAT
+        sub = only(cast.output[0], "Sub")
+        div = sub and only(sub.output[0], "Div")
+        quant = div and only(div.output[0], "QuantizeLinear")
+        if not (types.get(root) == onnx.TensorProto.UINT8 and to_float and sub and div and quant and sub.input[0] == cast.output[0]
+                and div.input[0] == sub.output[0]):
+            continue
+        mean, std = constant(sub.input[1]), constant(div.input[1])
+        if mean is None or std is None or mean.size == 0 or std.size == 0:
+            continue
+        m, s = float(mean.flat[0]), float(std.flat[0])
+        if (np.ptp(mean) or np.ptp(std) or not 0 <= m <= 255 or m != round(m) or not s > 0
+                or not all(d.op_type == "DequantizeLinear" for d in consumers.get(quant.output[0], []))):
+            continue
+        scale, zero = f"{cast.output[0]}_pixel_scale", f"{cast.output[0]}_pixel_zero_point"
+        graph.initializer.extend([onnx.numpy_helper.from_array(np.array(1.0 / s, np.float32), scale),
+                                  onnx.numpy_helper.from_array(np.array(round(m), np.uint8), zero)])
+        for dq in consumers.get(quant.output[0], []):
+            dq.input[:] = [pixels, scale, zero]
+        dead += [cast, sub, div, quant]
+        rewritten += 1
+    for node in dead:
+        graph.node.remove(node)
+    used = {i for n in graph.node for i in n.input}
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
+    return rewritten
 
 
 def int8_sensitivity(fp32_path: str | Path, int8_path: str | Path, feeds: Sequence[Mapping[str, np.ndarray]],

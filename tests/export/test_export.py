@@ -100,6 +100,16 @@ def test_every_precision_is_a_checked_onnx_with_metadata(exported) -> None:
     dq_out = {n.output[0] for n in int8.graph.node if n.op_type == "DequantizeLinear"}
     float_ops = {"MatMul", "Gemm", "Softmax", "LayerNormalization", "GridSample", "Einsum"}
     assert not [n.name for n in int8.graph.node if n.op_type in float_ops and dq_out & set(n.input)]
+    # The uint8 pixels are the first convolution's quantized input as they are ((x - 127) / 128 is a
+    # scale and a zero point): no float copy of the image, no normalization, no requantization.
+    readers = {i: n for n in int8.graph.node for i in n.input}
+    pixels = readers["images"]
+    while pixels.op_type == "Reshape":
+        pixels = readers[pixels.output[0]]
+    assert pixels.op_type == "DequantizeLinear", pixels.op_type
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in int8.graph.initializer}
+    assert float(init[pixels.input[1]]) == 1 / 128 and int(init[pixels.input[2]]) == 127
+    assert not [n for n in int8.graph.node if n.op_type in ("Sub", "Div") and "model.pixel_mean" in n.input]
 
 
 def test_parity_and_accuracy_report(exported) -> None:
