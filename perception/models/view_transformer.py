@@ -16,7 +16,9 @@ spatial cross-attention (SCA) written as the Deformable-DETR decomposition in pl
 Initialisation makes step 0 exactly the sampling lift (Simple-BEV's masked camera mean): value
 projections are the identity, offset and weight heads are zero (so the softmax is the mean over the
 cameras that see each point), and the later layers add zero. The model starts on the lift's learning
-curve and learns where else to look. Offsets train at :data:`OFFSET_LR_SCALE` of the learning rate
+curve and learns where else to look. That holds with ``attn_cameras`` >= 2 (a point is seen by at most
+two cameras of a ring); with 1 (the edge preset: half the sampling) a point two cameras see starts
+from the first of them alone. Offsets train at :data:`OFFSET_LR_SCALE` of the learning rate
 (Deformable DETR). Standard ONNX ops only; the INT8 export quantizes convolutions, so the grid
 coordinates, the softmax and the normalization stay in float.
 """
