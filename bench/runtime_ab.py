@@ -1,7 +1,8 @@
 """Two exported models timed against each other with the edge runtime, alternating, one at a time.
 
-    python -m bench.runtime_ab --models runs/export/edge_cpu/model.int8.onnx \
-        runs/export/edge_cpu_l1/model.int8.onnx --data data/synth --repeats 5
+    python -m bench.runtime_ab --models runs/export/edge_cpu_k2/model.int8.onnx \
+        runs/export/edge_cpu/model.int8.onnx --data data/synth --repeats 5 \
+        --out bench/results/runtime_ab_cameras.json
 
 Each repeat runs `perception bench` on every model in turn (its own process, ``--runs`` frames after
 the warm-up, JPEG bytes of a val scene to boxes); the medians over the repeats, and the ratio of the

@@ -104,12 +104,14 @@ def _pixels_as_quantized_input(graph: onnx.GraphProto) -> int:
     """Feed the uint8 camera pixels straight to the first quantized convolution.
 
     The model normalizes its uint8 input in float, ``(float(x) - mean) / std``, and INT8 then quantizes
-    the result again. Where mean and std are the same for every channel and the mean is a whole pixel
+    the result again. Where mean and std are one value for every channel and the mean is a whole pixel
     value (EfficientNet-Lite's ``(x - 127) / 128``), the pixels already are that tensor in int8 form:
-    scale ``1 / std``, zero point ``mean``, exactly, and padding with the zero point pads with 0 after
-    normalization as the float model does. The Cast, Sub, Div and QuantizeLinear are removed and the
-    DequantizeLinear reads the pixels. Returns how many such chains were rewritten (0 leaves the graph
-    as it was)."""
+    scale ``1 / std`` and zero point ``mean`` (exact when std is a power of two, as 128 is; else to
+    float rounding), and padding with the zero point pads with 0 after normalization as the float model
+    does. The Cast, Sub, Div and QuantizeLinear are removed, the DequantizeLinear reads the pixels, and
+    the constants only they read are dropped. A chain whose tensors anything else reads (another node,
+    a subgraph, the graph's outputs) is left alone. Returns how many chains were rewritten (0: the graph
+    is unchanged)."""
     init = {t.name: t for t in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -117,13 +119,18 @@ def _pixels_as_quantized_input(graph: onnx.GraphProto) -> int:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info)}
+    # Names read where the node lists above do not look: graph outputs and inputs, and subgraphs.
+    kept = {v.name for v in (*graph.output, *graph.input)} | _subgraph_reads(graph)
 
     def constant(name: str) -> np.ndarray | None:
         return onnx.numpy_helper.to_array(init[name]) if name in init else None
 
     def only(name: str, op_type: str) -> onnx.NodeProto | None:
         users = consumers.get(name, [])
-        return users[0] if len(users) == 1 and users[0].op_type == op_type else None
+        return users[0] if len(users) == 1 and users[0].op_type == op_type and name not in kept else None
+
+    def per_channel(c: np.ndarray) -> bool:  # one value, broadcast over [N, C, H, W] without growing it
+        return c.size > 0 and not np.ptp(c) and c.ndim <= 4 and all(d == 1 for i, d in enumerate(c.shape[::-1]) if i != 2)
 
     rewritten, dead = 0, []
     for cast in [n for n in graph.node if n.op_type == "Cast"]:
@@ -134,29 +141,41 @@ def _pixels_as_quantized_input(graph: onnx.GraphProto) -> int:
         sub = only(cast.output[0], "Sub")
         div = sub and only(sub.output[0], "Div")
         quant = div and only(div.output[0], "QuantizeLinear")
-        if not (types.get(root) == onnx.TensorProto.UINT8 and to_float and sub and div and quant and sub.input[0] == cast.output[0]
-                and div.input[0] == sub.output[0]):
+        if not (types.get(root) == onnx.TensorProto.UINT8 and to_float and sub and div and quant
+                and sub.input[0] == cast.output[0] and div.input[0] == sub.output[0]):
             continue
+        dqs = consumers.get(quant.output[0], [])
         mean, std = constant(sub.input[1]), constant(div.input[1])
-        if mean is None or std is None or mean.size == 0 or std.size == 0:
+        if (mean is None or std is None or not per_channel(mean) or not per_channel(std) or quant.output[0] in kept
+                or not dqs or not all(d.op_type == "DequantizeLinear" for d in dqs)):
             continue
         m, s = float(mean.flat[0]), float(std.flat[0])
-        if (np.ptp(mean) or np.ptp(std) or not 0 <= m <= 255 or m != round(m) or not s > 0
-                or not all(d.op_type == "DequantizeLinear" for d in consumers.get(quant.output[0], []))):
+        if not (0 <= m <= 255 and m == round(m) and s > 0):
             continue
         scale, zero = f"{cast.output[0]}_pixel_scale", f"{cast.output[0]}_pixel_zero_point"
         graph.initializer.extend([onnx.numpy_helper.from_array(np.array(1.0 / s, np.float32), scale),
                                   onnx.numpy_helper.from_array(np.array(round(m), np.uint8), zero)])
-        for dq in consumers.get(quant.output[0], []):
+        for dq in dqs:
             dq.input[:] = [pixels, scale, zero]
         dead += [cast, sub, div, quant]
         rewritten += 1
     for node in dead:
         graph.node.remove(node)
-    used = {i for n in graph.node for i in n.input}
-    for t in [t for t in graph.initializer if t.name not in used]:
+    # The constants only the removed nodes read (mean, std, the old scale and zero point).
+    orphans = {i for n in dead for i in n.input[1:]} - {i for n in graph.node for i in n.input} - kept
+    for t in [t for t in graph.initializer if t.name in orphans]:
         graph.initializer.remove(t)
     return rewritten
+
+
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name read by a node inside a subgraph (If, Loop, Scan bodies) of ``graph``'s nodes."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                names |= {i for n in sub.node for i in n.input} | _subgraph_reads(sub)
+    return names
 
 
 def int8_sensitivity(fp32_path: str | Path, int8_path: str | Path, feeds: Sequence[Mapping[str, np.ndarray]],

@@ -102,10 +102,12 @@ def test_every_precision_is_a_checked_onnx_with_metadata(exported) -> None:
     assert not [n.name for n in int8.graph.node if n.op_type in float_ops and dq_out & set(n.input)]
     # The uint8 pixels are the first convolution's quantized input as they are ((x - 127) / 128 is a
     # scale and a zero point): no float copy of the image, no normalization, no requantization.
-    readers = {i: n for n in int8.graph.node for i in n.input}
-    pixels = readers["images"]
-    while pixels.op_type == "Reshape":
-        pixels = readers[pixels.output[0]]
+    readers: dict[str, list] = {}
+    for n in int8.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    pixels = next(n for n in readers["images"] if n.op_type == "Reshape")  # [B, N, 3, H, W] -> [B*N, 3, H, W]
+    (pixels,) = readers[pixels.output[0]]
     assert pixels.op_type == "DequantizeLinear", pixels.op_type
     init = {t.name: onnx.numpy_helper.to_array(t) for t in int8.graph.initializer}
     assert float(init[pixels.input[1]]) == 1 / 128 and int(init[pixels.input[2]]) == 127

@@ -16,8 +16,9 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from export.precision import FeedReader, _pixels_as_quantized_input
 
 
-def _normalize_then_conv(mean: list[float], std: list[float]) -> onnx.ModelProto:
-    """uint8 [1, 2, 3, 8, 8] -> Reshape [2, 3, 8, 8] -> float -> (x - mean) / std -> 3x3 conv -> [2, 4, 8, 8]."""
+def _normalize_then_conv(mean: list[float], std: list[float], also_output: str | None = None) -> onnx.ModelProto:
+    """uint8 [1, 2, 3, 8, 8] -> Reshape [2, 3, 8, 8] -> float -> (x - mean) / std -> 3x3 conv -> [2, 4, 8, 8];
+    ``also_output``: a tensor of that chain the graph outputs as well."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(np.array([2, 3, 8, 8], np.int64), "shape"),
              numpy_helper.from_array(np.array(mean, np.float32).reshape(1, 3, 1, 1), "pixel_mean"),
@@ -29,8 +30,11 @@ def _normalize_then_conv(mean: list[float], std: list[float]) -> onnx.ModelProto
              helper.make_node("Sub", ["pixels", "pixel_mean"], ["centred"]),
              helper.make_node("Div", ["centred", "pixel_std"], ["normalized"]),
              helper.make_node("Conv", ["normalized", "w", "b"], ["out"], pads=[1, 1, 1, 1])]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 4, 8, 8])]
+    if also_output:
+        outputs.append(helper.make_tensor_value_info(also_output, TensorProto.FLOAT, [2, 3, 8, 8]))
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.UINT8, [1, 2, 3, 8, 8])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 4, 8, 8])], inits)
+                              outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -75,6 +79,26 @@ def test_pixels_feed_the_quantized_conv_and_outputs_do_not_change(feeds) -> None
                                        ([127.5] * 3, [127.5] * 3)])  # uniform, but not a whole pixel value
 def test_other_normalizations_are_left_as_they_are(feeds, mean, std) -> None:
     q = _quantized(_normalize_then_conv(mean, std), feeds)
-    nodes = [n.SerializeToString() for n in q.graph.node]
+    before = q.graph.SerializeToString()
     assert _pixels_as_quantized_input(q.graph) == 0
-    assert [n.SerializeToString() for n in q.graph.node] == nodes
+    assert q.graph.SerializeToString() == before  # nodes and initializers alike
+
+
+@pytest.mark.parametrize("tensor", ["pixels", "centred"])
+def test_a_chain_the_graph_also_outputs_is_left_as_it_is(feeds, tensor) -> None:
+    q = _quantized(_normalize_then_conv([127.0] * 3, [128.0] * 3, also_output=tensor), feeds)
+    before = q.graph.SerializeToString()
+    assert _pixels_as_quantized_input(q.graph) == 0
+    assert q.graph.SerializeToString() == before
+
+
+def test_an_output_of_the_normalized_pixels_keeps_its_values(feeds) -> None:
+    # The quantizer hands the graph output the DequantizeLinear's tensor, which now reads the pixels.
+    q = _quantized(_normalize_then_conv([127.0] * 3, [128.0] * 3, also_output="normalized"), feeds)
+    session = lambda: ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])  # noqa: E731
+    before = [session().run(None, f) for f in feeds]
+    assert _pixels_as_quantized_input(q.graph) == 1
+    onnx.checker.check_model(q)
+    for f, b in zip(feeds, before):
+        for got, want in zip(session().run(None, f), b):
+            np.testing.assert_array_equal(got, want)

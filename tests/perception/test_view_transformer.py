@@ -1,6 +1,7 @@
 """The geometry-seeded transformer (spatial cross-attention): exactly the sampling lift at
-initialisation, samples only the cameras that see a point and never across a camera's edge, and its
-sampling offsets train at a tenth of the learning rate."""
+initialisation (with one camera sampled per point, wherever one camera sees), samples only the
+cameras that see a point and never across a camera's edge, and its sampling offsets train at a tenth
+of the learning rate."""
 
 from __future__ import annotations
 
@@ -42,6 +43,35 @@ def test_at_initialisation_the_transformer_is_the_sampling_lift(preset_name: str
     assert want.abs().max() > 1.0
     # Equal to float32 rounding of the sampling coordinates (relative to the features' scale).
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_with_one_camera_sampled_it_is_the_sampling_lift_where_one_camera_sees() -> None:
+    # The edge preset samples the first camera that sees each point: at initialisation that is the
+    # lift on every cell no two cameras see (at any height), and the first camera's sample where two do.
+    preset = preset_with("edge", view_transform="transformer", attn_cameras=1)
+    torch.manual_seed(0)
+    model = build_model(preset).eval()
+    lift = SamplingLift(preset_with("edge", view_transform="sampling"), model.neck.channels, model.neck.strides).eval()
+    lift.compress.load_state_dict(model.view_transform.compress.state_dict())
+    inputs = model_inputs(preset, batch=1, seed=3)
+    vt = model.view_transform
+    with torch.no_grad():
+        feats = _features(model, inputs)
+        got = vt(feats, inputs["K"], inputs["ego_T_cam"], inputs["cam_valid"])["bev"]
+        want = lift(feats, inputs["K"], inputs["ego_T_cam"], inputs["cam_valid"])["bev"]
+        h, w = merge_to_finest(feats).shape[-2:]
+        _, valid = sampling_grid(vt.pillars[None], inputs["K"], inputs["ego_T_cam"], inputs["cam_valid"], h, w,
+                                 vt.stride)
+    seen_by = valid.reshape(1, valid.shape[1], vt.Z, vt.X, vt.Y).sum(dim=1)  # [1, Z, X, Y] cameras per point
+    overlap = (seen_by >= 2).any(dim=1, keepdim=True).float()  # [1, 1, X, Y] cells two cameras see
+    # The lift's compression ends in a 3x3 conv: a cell next to an overlap reads it too.
+    near = torch.nn.functional.max_pool2d(overlap, 3, stride=1, padding=1)
+    single = (near == 0).expand_as(got)
+    overlap = (overlap > 0).expand_as(got)
+    assert single.any() and overlap.any()
+    scale = want.abs().max()
+    assert (got - want)[single].abs().max() <= 1e-5 * scale
+    assert (got - want)[overlap].abs().max() > 1e-3 * scale  # where two cameras see, it reads one
 
 
 def test_samples_never_cross_into_the_next_camera() -> None:
