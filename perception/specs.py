@@ -48,6 +48,10 @@ class AugmentConfig:
 
     enabled: bool = True  # master switch: False makes every function an identity (validation, export)
     # Photometric, per camera (albumentations; pixels do not move).
+    low_light_p: float = 0.0  # MultiplicativeNoise, one factor per image: a darker exposure (night, tunnels)
+    low_light_range: tuple[float, float] = (0.25, 0.6)  # pixel multiplier
+    rain_p: float = 0.0  # RandomRain: near-vertical streaks (slant up to 2 px), a 3 px blur, 0.8 of the light
+    rain_drop_length: float = 0.03  # streak length, fraction of the image height
     brightness_contrast_p: float = 0.5  # RandomBrightnessContrast
     brightness_limit: float = 0.2  # +- fraction of the max value
     contrast_limit: float = 0.2  # +- contrast factor around 1

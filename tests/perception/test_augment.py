@@ -255,6 +255,35 @@ def test_same_seed_same_result_and_independent_coin_flips(scene):
     assert combos == {(False, False), (False, True), (True, False), (True, True)}
 
 
+def test_low_light_darkens_each_image_by_one_factor(scene):
+    # Not in ALL: at a quarter of the light, the noise after it moves the marker centroids by up
+    # to 0.5 px. A constant ratio per image is the check that no pixel moved.
+    cfg = replace(I0, low_light_p=1.0, low_light_range=(0.3, 0.5))
+    cams = augment_cameras(scene.images, scene.K, np.random.default_rng(3), cfg)
+    np.testing.assert_allclose(cams.K, scene.K, atol=1e-6)  # photometric: pixels do not move
+    factors = []
+    for before, after in zip(scene.images.astype(np.float64), cams.images.astype(np.float64)):
+        bright = before > 40  # away from rounding at 0
+        ratio = after[bright] / before[bright]
+        # One multiplier for the whole image (not per pixel or channel): the ratio only varies by rounding.
+        assert np.ptp(ratio) < 2.0 / 40 + 1e-9
+        factors.append(np.median(ratio))
+    assert all(0.3 - 0.01 <= f <= 0.5 + 0.01 for f in factors), factors
+    assert np.ptp(factors) > 0.01  # each camera draws its own factor
+
+
+def test_rain_draws_streaks_on_a_dimmer_image():
+    grey = np.full((2, 224, 400, 3), 100, np.uint8)
+    K = np.broadcast_to(np.diag([300.0, 300.0, 1.0]), (2, 3, 3))
+    cams = augment_cameras(grey, K, np.random.default_rng(0), replace(I0, rain_p=1.0))
+    np.testing.assert_allclose(cams.K, K, atol=1e-6)
+    for image in cams.images:
+        assert 70 <= np.median(image) <= 90  # 0.8 of the light
+        streaks = image.max(axis=-1) > 110
+        assert 0.002 < streaks.mean() < 0.2, streaks.mean()
+    assert not np.array_equal(cams.images[0], cams.images[1])  # each camera its own rain
+
+
 def test_disabled_is_identity(scene):
     cams, bev, images, valid = _run(scene, replace(ALL, enabled=False), 0)
     np.testing.assert_array_equal(images, scene.images)
