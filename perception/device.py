@@ -8,7 +8,7 @@ import torch
 
 from .errors import BevStackError
 
-__all__ = ["DeviceError", "DEVICE_CHOICES", "select_device"]
+__all__ = ["DeviceError", "DEVICE_CHOICES", "cpu_has_native_bf16", "select_device"]
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 
@@ -35,3 +35,10 @@ def select_device(name: str | torch.device | None, local_rank: int = 0) -> torch
         raise DeviceError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX); without it, bf16
+    autocast on the CPU is emulated and slower than float32."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(probe()) if probe is not None else False

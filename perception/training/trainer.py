@@ -30,7 +30,7 @@ from ..config import ExperimentConfig, dump_yaml, resolve
 from ..data.batch import FrameRef, MultiCamBatch, collate_frames
 from ..data.dataset import MultiCamDataset
 from ..data.sampler import ClipBatchSampler
-from ..device import select_device
+from ..device import cpu_has_native_bf16, select_device
 from ..inference import run_clips
 from ..presets import Preset
 from .parts import Dist, Progress, build_parts, optimizer_step, restore_progress, save_progress, setup_distributed
@@ -72,6 +72,9 @@ def train(cfg: ExperimentConfig, resume: bool = False) -> Path:
         log.say(f"resumed {run_dir / 'last.pt'} at step {progress.step} (epoch {progress.epoch}, "
                 f"batch {progress.position})")
     use_bf16 = tc.amp == "bf16" or (tc.amp == "auto" and device.type == "cuda")
+    if use_bf16 and device.type == "cpu" and not cpu_has_native_bf16():
+        log.say("warning: train.amp=bf16 on a CPU without native bfloat16 (AVX512-BF16 or AMX) is emulated "
+                "and slower than float32; set train.amp=off")
 
     stop, best, micro, stopping = Stop(), -math.inf, 0, False
     parts.model.train()

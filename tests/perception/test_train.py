@@ -4,6 +4,7 @@ checkpoints, config errors. Tiny preset on a tiny synthetic world, CPU, determin
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -136,3 +137,16 @@ def test_a_run_writes_its_directory(train_world: Path, tmp_path: Path) -> None:
     assert "val step 4: mAP" in out
     best = torch.load(run / "best.pt", weights_only=True)
     assert best["classes"]["det"][0] == "car" and best["ema"] is not None
+
+
+def test_bf16_autocast_trains_on_the_cpu(train_world: Path, tmp_path: Path) -> None:
+    from perception.device import cpu_has_native_bf16
+
+    proc = _run(_args(train_world, tmp_path, "bf16", **{"train.steps": 3, "train.amp": "bf16"}))
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    header, *rows = (tmp_path / "bf16" / "metrics.csv").read_text().strip().splitlines()
+    loss = header.split(",").index("total")
+    assert len(rows) == 3 and all(math.isfinite(float(row.split(",")[loss])) for row in rows)
+    # The warning appears exactly where bf16 would be emulated.
+    assert ("without native bfloat16" in out) == (not cpu_has_native_bf16())
