@@ -38,7 +38,7 @@ def select_device(name: str | torch.device | None, local_rank: int = 0) -> torch
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX); without it, bf16
+    """Whether this CPU runs bfloat16 natively (AVX512-BF16 or AMX tiles); without either, bf16
     autocast on the CPU is emulated and slower than float32."""
-    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(probe()) if probe is not None else False
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(check()) for check in checks if check is not None)

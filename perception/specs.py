@@ -91,6 +91,9 @@ class AugmentConfig:
                 raise ValueError(f"AugmentConfig.{f.name} must be (low, high), got {value}")
         if self.scale_range[0] <= 0 or self.bev_scale_range[0] <= 0:
             raise ValueError("AugmentConfig scale ranges must be > 0")
+        if not 0.0 < self.rain_drop_length < 0.5:
+            raise ValueError(f"AugmentConfig.rain_drop_length is a fraction of the image height in (0, 0.5), "
+                             f"got {self.rain_drop_length}")
         if self.dropout_cameras < 1:
             raise ValueError(f"AugmentConfig.dropout_cameras must be >= 1, got {self.dropout_cameras}")
 

@@ -77,11 +77,15 @@ def build_image_transform(cfg: AugmentConfig, out_hw: tuple[int, int]) -> A.Comp
     H, W = out_hw
     border = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0}
     dx, dy = int(cfg.crop_shift[0] * W), int(cfg.crop_shift[1] * H)
+    weather = []  # only when switched on: each transform draws a seed, and the others' draws stay as they were
+    if cfg.low_light_p > 0:  # darkening first, so the sensor noise below lands on the dark image as at night
+        weather.append(A.MultiplicativeNoise(multiplier=cfg.low_light_range, per_channel=False, elementwise=False,
+                                             p=cfg.low_light_p))
+    if cfg.rain_p > 0:
+        weather.append(A.RandomRain(slant_range=(-2, 2), drop_length=max(2, round(cfg.rain_drop_length * H)),
+                                    drop_width=1, blur_value=3, brightness_coefficient=0.8, p=cfg.rain_p))
     transforms = [
-        # Darkening first, so the sensor noise below lands on the dark image as it would at night.
-        A.MultiplicativeNoise(multiplier=cfg.low_light_range, per_channel=False, elementwise=False, p=cfg.low_light_p),
-        A.RandomRain(slant_range=(-2, 2), drop_length=max(2, round(cfg.rain_drop_length * H)), drop_width=1,
-                     blur_value=3, brightness_coefficient=0.8, p=cfg.rain_p),
+        *weather,
         A.RandomBrightnessContrast(cfg.brightness_limit, cfg.contrast_limit, p=cfg.brightness_contrast_p),
         A.HueSaturationValue(cfg.hue_shift_limit, cfg.sat_shift_limit, cfg.val_shift_limit, p=cfg.hue_saturation_p),
         A.RandomGamma(cfg.gamma_limit, p=cfg.gamma_p),

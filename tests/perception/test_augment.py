@@ -301,3 +301,5 @@ def test_dropout_keeps_one_camera_and_config_checks():
         AugmentConfig(flip_p=1.5)
     with pytest.raises(ValueError, match="low, high"):
         AugmentConfig(scale_range=(1.1, 0.9))
+    with pytest.raises(ValueError, match="rain_drop_length"):
+        AugmentConfig(rain_drop_length=1.0)

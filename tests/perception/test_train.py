@@ -150,3 +150,11 @@ def test_bf16_autocast_trains_on_the_cpu(train_world: Path, tmp_path: Path) -> N
     assert len(rows) == 3 and all(math.isfinite(float(row.split(",")[loss])) for row in rows)
     # The warning appears exactly where bf16 would be emulated.
     assert ("without native bfloat16" in out) == (not cpu_has_native_bf16())
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="reads the CPU flags of Linux's /proc/cpuinfo")
+def test_the_bf16_probe_agrees_with_the_cpu_flags() -> None:
+    from perception.device import cpu_has_native_bf16
+
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    assert cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
